@@ -1,0 +1,300 @@
+"""Configuration: frozen dataclasses with a help string per field, loaded from YAML with dotted overrides.
+
+    cfg = load_config("pipelines/configs/default.yaml", ["data.limit=500", "ray.num_cpus=2"])
+
+Every field carries `metadata["help"]`; `describe()` prints them. An unknown key, in a YAML file or an
+override, raises `ConfigError` naming the key and the valid keys beside it. Values are checked against
+the field's type (ints widen to floats, lists become tuples); a wrong type names the key too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the offending key."""
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a help string (mutable defaults become factories)."""
+    if dataclasses.is_dataclass(default) or isinstance(default, (dict, list)):
+        return field(default_factory=lambda: default, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which input column holds each product field. `None` means the catalog has no such column."""
+
+    id: str = opt("id", "Unique product id column.")
+    title: str = opt("productDisplayName", "Product title column.")
+    gender: str | None = opt("gender", "Gender / target audience column.")
+    master_category: str | None = opt("masterCategory", "Top-level category column.")
+    sub_category: str | None = opt("subCategory", "Second-level category column.")
+    article_type: str | None = opt("articleType", "Leaf category (article type) column.")
+    colour: str | None = opt("baseColour", "Base colour column.")
+    season: str | None = opt("season", "Season column.")
+    year: str | None = opt("year", "Year column.")
+    usage: str | None = opt("usage", "Usage / occasion column.")
+    brand: str | None = opt(None, "Brand column; when absent the brand is taken from the title prefix.")
+    material: str | None = opt(None, "Material column; when absent it is extracted from the title.")
+    image: str | None = opt(
+        None,
+        "Column holding each product's image as a path (absolute or relative to data.image_dir) "
+        "or as raw bytes. When None, images are found as data.image_dir/data.image_pattern.",
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    catalog: str = opt(
+        "../shared/data/fashion-products/styles.csv",
+        "Product table: a .csv, .parquet or .jsonl file (relative paths resolve against the "
+        "current directory).",
+    )
+    format: str = opt("auto", "Table format: auto (from the file suffix), csv, parquet or jsonl.")
+    image_dir: str = opt("../shared/data/fashion-products/images", "Directory holding the images.")
+    image_pattern: str = opt("{id}.jpg", "Image file name pattern inside image_dir; {id} is the id.")
+    columns: ColumnMap = opt(ColumnMap(), "Mapping from product fields to input columns.")
+    required: tuple[str, ...] = opt(
+        ("id", "title", "article_type"),
+        "Product fields that must be present and non-empty; a row missing one is rejected.",
+    )
+    limit: int | None = opt(None, "Keep only the first N rows of the table (None: all).")
+    output_dir: str = opt("outputs/catalog", "Where preprocessing writes shards, rejects and stats.")
+
+    def validate(self) -> None:
+        if self.format not in ("auto", "csv", "parquet", "jsonl"):
+            raise ConfigError(f"data.format: expected auto, csv, parquet or jsonl, got {self.format!r}")
+        known = {f.name for f in dataclasses.fields(ColumnMap)}
+        bad = [r for r in self.required if r not in known]
+        if bad:
+            raise ConfigError(f"data.required: unknown field {bad[0]!r} (known: {', '.join(sorted(known))})")
+        if self.limit is not None and self.limit < 0:
+            raise ConfigError("data.limit must be >= 0")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    size: int = opt(224, "Side of the square output image (the vision encoder's resolution).")
+    resize_mode: str = opt(
+        "pad", "pad: fit inside and pad with white; crop: centre crop; stretch: ignore aspect."
+    )
+    jpeg_quality: int = opt(95, "JPEG quality of the stored, resized image.")
+    min_side: int = opt(32, "Images with a side shorter than this are rejected as too small.")
+    max_pixels: int = opt(
+        40_000_000,
+        "Images whose header declares more pixels are rejected before decoding (decompression bomb).",
+    )
+    max_bytes: int = opt(30_000_000, "Image files larger than this many bytes are rejected.")
+
+    def validate(self) -> None:
+        if self.resize_mode not in ("pad", "crop", "stretch"):
+            raise ConfigError(f"preprocess.image.resize_mode: expected pad, crop or stretch, got {self.resize_mode!r}")
+        if self.size < 8 or self.min_side < 1:
+            raise ConfigError("preprocess.image.size must be >= 8 and min_side >= 1")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train: float = opt(0.80, "Fraction of products in the train split.")
+    val: float = opt(0.04, "Fraction of products in the validation split.")
+    test: float = opt(0.16, "Fraction of products in the held-out test split.")
+    seed: str = opt("moon-ray", "Salt of the id hash; the same seed gives the same split.")
+
+    def validate(self) -> None:
+        parts = (self.train, self.val, self.test)
+        if min(parts) < 0 or abs(sum(parts) - 1.0) > 1e-6:
+            raise ConfigError(f"preprocess.split: fractions must be >= 0 and sum to 1, got {parts}")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    image: ImageConfig = opt(ImageConfig(), "Image decoding and resizing.")
+    split: SplitConfig = opt(SplitConfig(), "Deterministic train/val/test split by id hash.")
+    batch_size: int = opt(64, "Rows per Ray Data map_batches call.")
+    num_blocks: int | None = opt(None, "Ray Data blocks to split the table into (None: 4 per CPU).")
+    rows_per_shard: int = opt(2000, "Approximate rows per output Parquet shard.")
+    brand_min_support: int = opt(2, "A title prefix must start this many titles to be a brand.")
+    brand_extend_ratio: float = opt(
+        0.8,
+        "A brand prefix is extended by the next word while the longer prefix keeps this share "
+        "of the shorter one's products.",
+    )
+    query_min_relevant: int = opt(1, "A derived text query needs this many relevant products.")
+
+
+# ---------------------------------------------------------------------------------------------- ray
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = opt(
+        None, "Ray cluster address ('auto', 'ray://host:10001'); None starts a local Ray."
+    )
+    num_cpus: int | None = opt(None, "CPUs of a locally started Ray (None: this machine's).")
+    namespace: str = opt("moon-ray", "Ray namespace for named actors.")
+    progress: bool = opt(True, "Show Ray Data progress bars.")
+
+
+# --------------------------------------------------------------------------------------------- root
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = opt(DataConfig(), "Input catalog and output location.")
+    preprocess: PreprocessConfig = opt(PreprocessConfig(), "Catalog preprocessing.")
+    ray: RayConfig = opt(RayConfig(), "Ray runtime.")
+
+
+# ------------------------------------------------------------------------------------------ loading
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at `path` (if any), then `key.sub=value` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return build(Config, raw)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'data.limit=500' -> ('data.limit', 500); the value is parsed as YAML ('null', '[1, 2]')."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    """Construct dataclass `cls` from a (partial) mapping, checking keys and types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        where = prefix.rstrip(".") or "the top level"
+        raise ConfigError(
+            f"unknown config key {prefix + unknown[0]!r} (valid keys under {where}: {', '.join(names)})"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], raw[f.name], prefix + f.name, f)
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check()
+    return obj
+
+
+def _coerce(tp: Any, value: Any, key: str, f: dataclasses.Field | None = None) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        return build(tp, value if value is not None else {}, key + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict (tuples as lists), loadable again with `build`."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def to_overrides(cfg: Any, prefix: str = "") -> list[str]:
+    """Every leaf as 'a.b=value' (YAML-encoded), the inverse of `load_config` overrides."""
+    out = []
+    for key, value in to_dict(cfg).items():
+        out.extend(_leaves(prefix + key, value))
+    return out
+
+
+def _leaves(key: str, value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in _leaves(f"{key}.{k}", v)]
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    if text.endswith("..."):
+        text = text[: -3].strip()
+    return [f"{key}={text}"]
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[str]:
+    """One line per field: dotted key, default and help."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.extend(describe(tp, f"{prefix}{f.name}."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"{prefix}{f.name} = {default!r}  # {f.metadata.get('help', '')}")
+    return lines
