@@ -121,9 +121,13 @@ class SplitConfig:
 class PreprocessConfig:
     image: ImageConfig = opt(ImageConfig(), "Image decoding and resizing.")
     split: SplitConfig = opt(SplitConfig(), "Deterministic train/val/test split by id hash.")
-    batch_size: int = opt(64, "Rows per Ray Data map_batches call.")
-    num_blocks: int | None = opt(None, "Ray Data blocks to split the table into (None: 4 per CPU).")
-    rows_per_shard: int = opt(2000, "Approximate rows per output Parquet shard.")
+    batch_size: int | None = opt(
+        None, "Rows per map_batches call (None: a whole block, one product shard per block)."
+    )
+    num_blocks: int | None = opt(
+        None, "Ray Data blocks to split the table into (None: 4 per CPU, more if rows_per_shard needs)."
+    )
+    rows_per_shard: int = opt(2000, "At most this many rows per output Parquet shard (with batch_size None).")
     brand_min_support: int = opt(2, "A title prefix must start this many titles to be a brand.")
     brand_extend_ratio: float = opt(
         0.8,

@@ -33,6 +33,10 @@ def init_ray(cfg: RayConfig | None = None):
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress
     ctx.print_on_execution_start = False
+    if cluster_cpus() <= 4:
+        # Ray Data reserves a share of the CPUs per operator; on a laptop that leaves one map task
+        # running at a time. Without the reservation both cores work (measured: 1.3x -> 1.8x).
+        ctx.op_resource_reservation_enabled = False
     return ray
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
 from moon_ray.catalog.entities import Gazetteer
 from moon_ray.catalog.process import process_batch
-from moon_ray.catalog.read import RawTable, read_table
+from moon_ray.catalog.read import ROW, RawTable, read_table
 from moon_ray.catalog.schema import PRODUCT_SCHEMA, REJECT_SCHEMA
 from moon_ray.catalog.splits import SPLITS, derive_queries
 from moon_ray.catalog.text import normalise
@@ -55,6 +56,21 @@ def split_blocks(table: pa.Table, n: int) -> list[pa.Table]:
     return [table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)]
 
 
+def process_and_write(batch: pa.Table, cfg: Config, gazetteer: Gazetteer, products_dir: str) -> pa.Table:
+    """Process one batch, write its valid rows as a product shard, return every row without images.
+
+    The shard is named by the batch's first input row, so a retried task overwrites its own file
+    instead of duplicating rows; images never travel through the object store.
+    """
+    table = process_batch(batch, cfg, gazetteer)
+    ok = table.filter(pc.is_null(table["reason_code"])).select(PRODUCT_SCHEMA.names)
+    if ok.num_rows:
+        fs, root = pafs.FileSystem.from_uri(products_dir) if "://" in products_dir else (None, products_dir)
+        first = batch[ROW][0].as_py() if batch.num_rows else 0
+        pq.write_table(ok.replace_schema_metadata(PRODUCT_SCHEMA.metadata), f"{root}/part-{first:010d}.parquet", filesystem=fs)
+    return table.drop_columns(["image"])
+
+
 def run_preprocess(cfg: Config) -> dict:
     """The whole job; returns the stats dict (also written to stats.json)."""
     t0 = time.perf_counter()
@@ -63,24 +79,28 @@ def run_preprocess(cfg: Config) -> dict:
     init_ray(cfg.ray)
     import ray
 
-    n_blocks = cfg.preprocess.num_blocks or int(4 * cluster_cpus())
-    ds = ray.data.from_arrow(split_blocks(raw.table, n_blocks))
-    processed = ds.map_batches(
-        process_batch, batch_format="pyarrow", batch_size=cfg.preprocess.batch_size,
-        fn_kwargs={"cfg": cfg, "gazetteer": gaz}, num_cpus=1,
-    ).materialize()
-    t_process = time.perf_counter() - t0
     out = prepare_output(Path(cfg.data.output_dir))
-    ok = processed.map_batches(_products, batch_format="pyarrow")
-    rejects = processed.map_batches(_rejects, batch_format="pyarrow")
-    n_ok = write(ok, out / "products", PRODUCT_SCHEMA, cfg.preprocess.rows_per_shard)
+    pp = cfg.preprocess
+    n_blocks = pp.num_blocks or max(int(4 * cluster_cpus()), -(-raw.table.num_rows // pp.rows_per_shard))
+    processed = ray.data.from_arrow(split_blocks(raw.table, n_blocks)).map_batches(
+        process_and_write, batch_format="pyarrow", batch_size=pp.batch_size, num_cpus=1,
+        fn_kwargs={"cfg": cfg, "gazetteer": gaz, "products_dir": str(out / "products")},
+    )
+    small = pa.concat_tables(ray.get(processed.to_arrow_refs()))
+    t_process = time.perf_counter() - t0
+    ok_mask = pc.is_null(small["reason_code"])
+    n_ok = int(pc.sum(ok_mask).as_py() or 0)
+    if n_ok == 0:
+        pq.write_table(PRODUCT_SCHEMA.empty_table(), out / "products" / "part-empty.parquet")
     rejects_table = pa.concat_tables(
-        [t for t in ray.get(rejects.to_arrow_refs())] + [pa.Table.from_pylist(raw.malformed, schema=REJECT_SCHEMA)]
-    ).cast(REJECT_SCHEMA)
+        [small.filter(pc.invert(ok_mask)).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA),
+         pa.Table.from_pylist(raw.malformed, schema=REJECT_SCHEMA)]
+    )
     pq.write_table(rejects_table, out / "rejects" / "rejects-00000.parquet")
-    keys = ok.select_columns(["id", "gender", "colour", "article_type", "split"])
-    key_table = pa.concat_tables(ray.get(keys.to_arrow_refs()))
-    stats = summarise(raw, n_ok, rejects_table, key_table, cfg, out)
+    written = pq.ParquetDataset(out / "products").read(columns=["id"]).num_rows
+    if written != n_ok:
+        raise CountMismatch(f"{written} product rows on disk, {n_ok} processed as valid")
+    stats = summarise(raw, n_ok, rejects_table, small.filter(ok_mask), cfg, out)
     stats["seconds"] = {"process": round(t_process, 2), "total": round(time.perf_counter() - t0, 2)}
     (out / "gazetteer.json").write_text(gaz.to_json())
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
@@ -88,29 +108,11 @@ def run_preprocess(cfg: Config) -> dict:
     return stats
 
 
-def _products(t: pa.Table) -> pa.Table:
-    return t.filter(pc.is_null(t["reason_code"])).select(PRODUCT_SCHEMA.names)
-
-
-def _rejects(t: pa.Table) -> pa.Table:
-    return t.filter(pc.is_valid(t["reason_code"])).select(REJECT_SCHEMA.names)
-
-
 def prepare_output(out: Path) -> Path:
     for sub in ("products", "rejects", "queries"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True, exist_ok=True)
     return out
-
-
-def write(ds, path: Path, schema: pa.Schema, rows_per_shard: int) -> int:
-    """Write a dataset as Parquet shards of about `rows_per_shard` rows; returns the row count."""
-    n = ds.count()
-    if n == 0:
-        pq.write_table(schema.empty_table(), path / "part-00000.parquet")
-        return 0
-    ds.repartition(max(1, -(-n // rows_per_shard))).write_parquet(str(path))
-    return n
 
 
 def summarise(raw: RawTable, n_ok: int, rejects: pa.Table, keys: pa.Table, cfg: Config, out: Path) -> dict:

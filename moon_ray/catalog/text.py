@@ -46,4 +46,4 @@ def normalise(text: str | None) -> str:
 
 def is_missing(text: str | None) -> bool:
     """Empty, or a placeholder such as 'NA', 'null' or 'nan'."""
-    return not text or text.strip().lower() in {"na", "n/a", "nan", "null", "none", "-"}
+    return not text or text.strip().lower() in {"", "na", "n/a", "nan", "null", "none", "-"}

@@ -1,0 +1,25 @@
+# moon-ray: `make demo` runs the main job, `make test` runs the tests. Both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv demo test lint bench preprocess clean
+
+venv:
+	@bash scripts/bootstrap.sh $(VENV)
+
+demo: venv
+	$(VENV)/bin/moon-ray preprocess $(ARGS)
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check moon_ray pipelines bench tests
+
+bench: venv
+	$(PY) bench/preprocess.py
+
+clean:
+	rm -rf outputs .pytest_cache
