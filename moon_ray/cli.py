@@ -1,6 +1,7 @@
 """`moon-ray` command line: one subcommand per pipeline.
 
     moon-ray preprocess [--config FILE] [key.sub=value ...]
+    moon-ray train [--config FILE] [key.sub=value ...]
     moon-ray eval [--config FILE] [--compare DIR ...] [key.sub=value ...]
     moon-ray submit PIPELINE [--address URL] [key.sub=value ...]
     moon-ray jobs status|logs|stop JOB_ID
@@ -23,6 +24,7 @@ from moon_ray.config import ConfigError, describe, load_config, to_dict
 # name -> (runner "module:function", help, [argument adders: "config" or "module:function"])
 COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     "preprocess": ("moon_ray.cli:cmd_preprocess", "clean and shard a product catalog with Ray Data", ["config"]),
+    "train": ("moon_ray.cli:cmd_train", "train the MOON embedder on Ray Train (contrastive; joint with RL)", ["config"]),
     "eval": ("moon_ray.eval.evaluate:cli_eval", "evaluate a model or baseline on the held-out split",
              ["config", "moon_ray.eval.evaluate:add_eval_args"]),
     "submit": ("moon_ray.jobs:cli_submit", "submit a pipeline to a Ray cluster as a Ray job",
@@ -54,6 +56,17 @@ def cmd_preprocess(args) -> int:
         f"  splits {stats['splits']}  reasons {stats['reject_reasons']}"
     )
     print(f"shards: {out}/products  rejects: {out}/rejects  stats: {out}/stats.json")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from moon_ray.train.driver import run_train
+
+    summary = run_train(load_config(args.config, args.overrides))
+    last = summary["history"][-1] if summary["history"] else {}
+    shown = {k: round(v, 4) for k, v in last.items() if k in ("loss", "text_acc", "image_acc", "multimodal_acc", "samples_per_s")}
+    print(f"trained to step {summary['steps']} in {summary['seconds']} s  {shown}")
+    print(f"checkpoint: {summary['checkpoint']}\nexport: {summary['export']}")
     return 0
 
 

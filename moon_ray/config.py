@@ -153,6 +153,97 @@ class RayConfig:
     )
 
 
+# -------------------------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class VisionConfig:
+    name: str = opt("efficientnet_lite0", "Vision tower: efficientnet_lite0, open_clip or tiny (random, tests).")
+    pretrained: bool = opt(True, "Load the tower's pretrained weights.")
+    image_size: int = opt(224, "Input resolution of the tower.")
+    pool_grid: int = opt(3, "Patch grid pooled to pool_grid×pool_grid visual tokens (+1 global token).")
+    trainable: bool = opt(False, "Fine-tune the tower (False: frozen, features computed without grad).")
+    open_clip_model: str = opt("ViT-B-32", "open_clip model name (vision.name=open_clip).")
+    open_clip_pretrained: str | None = opt(None, "Local open_clip checkpoint file (no download).")
+    tiny_dim: int = opt(32, "Feature width of the tiny test tower.")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool = opt(True, "Train LoRA adapters (PEFT) instead of the full LM (which stays frozen).")
+    r: int = opt(16, "LoRA rank.")
+    alpha: int = opt(32, "LoRA alpha.")
+    dropout: float = opt(0.05, "LoRA dropout.")
+    targets: tuple[str, ...] = opt(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), "Modules that get adapters."
+    )
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    path: str | None = opt(None, "Hugging Face causal-LM directory; None: the packaged SmolLM2-135M-Instruct.")
+    tiny: bool = opt(False, "A tiny random Llama built from config (tests; no weights).")
+    num_layers: int | None = opt(
+        12, "Keep the first N decoder layers (None or more than the LM has: all). SmolLM2-135M has 30; 12 keeps CPU training fast."
+    )
+    lora: LoraConfig = opt(LoraConfig(), "LoRA adapters.")
+    max_text_tokens: int = opt(40, "Title / query tokens kept.")
+    max_reasoning_tokens: int = opt(64, "Reasoning-trace tokens kept in the embedding input.")
+    query_prefix: str = opt("query: ", "Text put before a search query.")
+    product_prefix: str = opt("product: ", "Text put before a product title.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vision: VisionConfig = opt(VisionConfig(), "Vision tower.")
+    lm: LMConfig = opt(LMConfig(), "Language model.")
+    embed_dim: int = opt(256, "Embedding size D.")
+    matryoshka: tuple[int, ...] = opt((64, 128, 256), "Prefix sizes trained together (Matryoshka); the last is D.")
+    pooling: str = opt("mean", "Pool the last layer's states: mean (MOON) or last (last token).")
+    fusion: bool = opt(True, "MOON3.0 multi-head modality fusion over raw image/title signals and the pooled state.")
+    fusion_heads: int = opt(4, "Fusion heads.")
+    residual: bool = opt(True, "MOON3.0 fine-grained residual enhancement of visual tokens in LM layers.")
+    residual_every: int = opt(4, "Inject projected patch features after every N-th decoder layer.")
+    moe: bool = opt(True, "MOON2.0 modality-driven MoE embedding head.")
+    moe_experts: int = opt(4, "MoE experts.")
+    moe_top_k: int = opt(2, "Experts used per input.")
+    moe_aux_weight: float = opt(0.01, "Weight of the MoE sparsity/entropy loss.")
+
+    def validate(self) -> None:
+        if self.pooling not in ("mean", "last"):
+            raise ConfigError(f"model.pooling: expected mean or last, got {self.pooling!r}")
+        if not self.matryoshka or self.matryoshka[-1] != self.embed_dim or list(self.matryoshka) != sorted(self.matryoshka):
+            raise ConfigError(f"model.matryoshka must be increasing and end at embed_dim={self.embed_dim}")
+        if self.moe and not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ConfigError("model.moe_top_k must be between 1 and moe_experts")
+
+
+# -------------------------------------------------------------------------------------------- train
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = opt("outputs/train", "Checkpoints, TensorBoard events and the exported model.")
+    num_workers: int = opt(2, "Ray Train workers (DDP ranks).")
+    cpus_per_worker: float = opt(1.0, "CPUs per worker.")
+    use_gpu: bool = opt(False, "Train on GPUs (NCCL); False: CPU (gloo).")
+    steps: int = opt(300, "Optimizer steps.")
+    batch_size: int = opt(16, "Products per worker per step.")
+    lr: float = opt(3e-4, "Peak learning rate (AdamW).")
+    weight_decay: float = opt(0.01, "AdamW weight decay.")
+    warmup_steps: int = opt(20, "Linear warm-up steps, then cosine decay to 10 %.")
+    grad_clip: float = opt(1.0, "Clip the gradient norm to this (0: off).")
+    temperature: float = opt(0.05, "InfoNCE temperature (initial value when learnable).")
+    learn_temperature: bool = opt(True, "Learn the temperature (log-parametrised).")
+    hard_negative_weight: float = opt(2.0, "Weight (beta) of same-category in-batch negatives (1: plain InfoNCE).")
+    text_weight: float = opt(1.0, "Weight of text->product InfoNCE.")
+    image_weight: float = opt(1.0, "Weight of image->product InfoNCE (augmented view of the product image).")
+    multimodal_weight: float = opt(1.0, "Weight of image+text->product InfoNCE.")
+    align_weight: float = opt(0.5, "Weight of intra-product image<->title InfoNCE (0 skips its forward pass).")
+    checkpoint_every: int = opt(100, "Save a checkpoint every N steps (and at the end).")
+    keep_checkpoints: int = opt(2, "Checkpoints kept by Ray Train.")
+    resume: bool = opt(True, "Resume from the latest checkpoint in output_dir when there is one.")
+    log_every: int = opt(10, "Report metrics every N steps.")
+    seed: int = opt(0, "Random seed.")
+    limit: int | None = opt(None, "Use at most N training products (None: the whole train split).")
+
+
 # --------------------------------------------------------------------------------------------- eval
 @dataclass(frozen=True)
 class EvalConfig:
@@ -163,6 +254,7 @@ class EvalConfig:
     batch_size: int = opt(64, "Items per embedding batch.")
     num_actors: int = opt(2, "Embedding actors in the Ray Data actor pool.")
     cpus_per_actor: float = opt(1.0, "CPUs per embedding actor (fractions allowed).")
+    gpus_per_actor: float = opt(0.0, "GPUs per embedding actor (fractions allowed; 0: CPU only).")
     index: str = opt("flat", "FAISS index for retrieval: flat (exact) or hnsw.")
     hnsw_m: int = opt(32, "HNSW graph degree M.")
     hnsw_ef_construction: int = opt(200, "HNSW efConstruction.")
@@ -173,6 +265,19 @@ class EvalConfig:
         "Product attributes classified zero-shot (nearest label prompt).",
     )
 
+    def validate(self) -> None:
+        if self.index not in ("flat", "hnsw"):
+            raise ConfigError(f"eval.index: expected flat or hnsw, got {self.index!r}")
+        if self.batch_size < 1 or self.num_actors < 1 or self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
+            raise ConfigError("eval: batch_size and num_actors must be >= 1, cpus_per_actor > 0, gpus_per_actor >= 0")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("eval.limit must be >= 1 (or null for the whole split)")
+        fields = ("article_type", "colour", "gender", "season", "usage", "master_category", "sub_category",
+                  "material", "brand")
+        bad = [f for f in self.zero_shot if f not in fields]
+        if bad:
+            raise ConfigError(f"eval.zero_shot: unknown product field {bad[0]!r} (known: {', '.join(fields)})")
+
 
 # --------------------------------------------------------------------------------------------- root
 @dataclass(frozen=True)
@@ -181,6 +286,8 @@ class Config:
     preprocess: PreprocessConfig = opt(PreprocessConfig(), "Catalog preprocessing.")
     ray: RayConfig = opt(RayConfig(), "Ray runtime.")
     eval: EvalConfig = opt(EvalConfig(), "Evaluation on the held-out split.")
+    model: ModelConfig = opt(ModelConfig(), "The MOON embedder.")
+    train: TrainConfig = opt(TrainConfig(), "Contrastive training on Ray Train.")
 
 
 # ------------------------------------------------------------------------------------------ loading

@@ -1,0 +1,140 @@
+"""The composed MOON embedder: vision tower -> projector -> LM (LoRA, residual enhancement) -> pooling
+-> multi-head modality fusion -> MoE head -> L2-normalised embedding (Matryoshka prefixes).
+
+    model = MoonEmbedder(cfg.model)
+    out = model(pixels=x, texts=titles, reasoning=traces, modality="multimodal")   # a product
+    out = model(texts=["Men Navy Blue Shirts"], modality="text", is_query=True)      # a text query
+    out.embedding  # (B, D), unit rows;  out.raw  # (B, D) before normalisation;  out.aux_loss
+
+Input sequence: [visual tokens (1 global + pool_grid² patches)] [prefix + title/query tokens]
+[reasoning tokens]. Every module can be switched off in `ModelConfig` (ablations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moon_ray.config import ModelConfig
+from moon_ray.models.fusion import ModalityFusion
+from moon_ray.models.language import decoder, decoder_layers, load_language_model
+from moon_ray.models.moe import MODALITIES, ModalityMoE
+from moon_ray.models.projector import Projector
+from moon_ray.models.residual import ResidualEnhancer
+from moon_ray.models.vision import build_tower, pool_patches
+
+
+@dataclass
+class EmbedOutput:
+    embedding: torch.Tensor  # (B, D) L2-normalised
+    raw: torch.Tensor  # (B, D) before normalisation (Matryoshka prefixes are sliced from it)
+    aux_loss: torch.Tensor  # scalar (MoE routing loss; 0 without MoE)
+
+
+class MoonEmbedder(nn.Module):
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.tower = build_tower(cfg.vision)
+        if not cfg.vision.trainable:
+            self.tower.requires_grad_(False)
+        self.lm, self.tokenizer = load_language_model(cfg.lm, seed=seed)
+        hidden = self.lm.config.hidden_size
+        torch.manual_seed(seed)
+        self.projector = Projector(self.tower.feature_dim, hidden)
+        self.residual = None
+        if cfg.residual:
+            self.residual = ResidualEnhancer(hidden, len(decoder_layers(self.lm)), cfg.residual_every)
+            self.residual.attach(decoder_layers(self.lm))
+        self.fusion = ModalityFusion(hidden, cfg.fusion_heads) if cfg.fusion else None
+        if cfg.moe:
+            self.head = ModalityMoE(hidden, cfg.embed_dim, cfg.moe_experts, cfg.moe_top_k)
+        else:
+            self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, cfg.embed_dim))
+
+    # ------------------------------------------------------------------------------------ inputs
+    @property
+    def device(self) -> torch.device:
+        return self.projector.mlp[0].weight.device
+
+    def pixels(self, images) -> torch.Tensor:
+        """Encoded images -> the tower's normalised input tensor (B, 3, S, S) on the model's device."""
+        return self.tower.to_tensor(images, self.cfg.vision.image_size).to(self.device)
+
+    def visual_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> projected visual tokens (B, 1 + g², H)."""
+        if self.cfg.vision.trainable:
+            grid = self.tower(pixels)
+        else:
+            self.tower.eval()
+            with torch.no_grad():
+                grid = self.tower(pixels)
+        return self.projector(pool_patches(grid, self.cfg.vision.pool_grid))
+
+    def text_tokens(self, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings (B, L, H) and mask (B, L) of texts (no special tokens)."""
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=max_len,
+                             add_special_tokens=False, return_tensors="pt")
+        ids = enc["input_ids"].to(self.device)
+        mask = enc["attention_mask"].to(self.device)
+        if ids.shape[1] == 0:  # every text empty: keep one pad position, masked out
+            ids = torch.full((len(texts), 1), self.tokenizer.pad_token_id, device=self.device)
+            mask = torch.zeros_like(ids)
+        return decoder(self.lm).embed_tokens(ids), mask
+
+    # ----------------------------------------------------------------------------------- forward
+    def forward(self, pixels: torch.Tensor | None = None, texts: list[str] | None = None,
+                reasoning: list[str] | None = None, modality: str = "multimodal",
+                is_query: bool = False) -> EmbedOutput:
+        segments: list[tuple[torch.Tensor, torch.Tensor]] = []
+        vis = None
+        if pixels is not None:
+            vis = self.visual_tokens(pixels)
+            segments.append((vis, torch.ones(vis.shape[:2], dtype=torch.long, device=vis.device)))
+        if texts is not None:
+            prefix = self.cfg.lm.query_prefix if is_query else self.cfg.lm.product_prefix
+            segments.append(self.text_tokens([prefix + t for t in texts], self.cfg.lm.max_text_tokens))
+        raw_signals = list(segments)  # image patches and title tokens, before the LM mixes them
+        if reasoning is not None:
+            segments.append(self.text_tokens(reasoning, self.cfg.lm.max_reasoning_tokens))
+        if not segments:
+            raise ValueError("MoonEmbedder needs pixels or texts")
+        embeds = torch.cat([e for e, _ in segments], dim=1)
+        mask = torch.cat([m for _, m in segments], dim=1)
+        hidden = self._decode(embeds, mask, vis)
+        pooled = pool(hidden, mask, self.cfg.pooling)
+        if self.fusion is not None:
+            raw = torch.cat([e for e, _ in raw_signals], dim=1)
+            raw_mask = torch.cat([m for _, m in raw_signals], dim=1)
+            pooled, _ = self.fusion(pooled, raw, raw_mask)
+        if isinstance(self.head, ModalityMoE):
+            y, aux, _ = self.head(pooled, MODALITIES[modality])
+        else:
+            y, aux = self.head(pooled), pooled.new_zeros(())
+        return EmbedOutput(embedding=F.normalize(y, dim=-1), raw=y, aux_loss=aux)
+
+    def _decode(self, embeds: torch.Tensor, mask: torch.Tensor, vis: torch.Tensor | None) -> torch.Tensor:
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        if self.residual is not None:
+            self.residual.set_patches(vis)
+        try:
+            out = decoder(self.lm)(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+        finally:
+            if self.residual is not None:
+                self.residual.set_patches(None)
+        return out.last_hidden_state
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """hidden (B, L, H), mask (B, L) -> (B, H): mean over unmasked positions, or the last unmasked one."""
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    if how == "mean":
+        return torch.where(m > 0, hidden, torch.zeros_like(hidden)).sum(1) / m.sum(1).clamp(min=1.0)
+    last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

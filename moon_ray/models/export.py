@@ -1,0 +1,104 @@
+"""Exported model directories, and the `Encoder` that serves them.
+
+    <export>/trainable.safetensors  LoRA + projector + fusion + residual + MoE head (+ temperature)
+    <export>/adapter/               the PEFT LoRA adapter of the LM (PeftModel.from_pretrained loads it
+                                    on the base LM named in moon_config.yaml)
+    <export>/tokenizer/             the tokenizer
+    <export>/config.yaml            the run config (model section rebuilds the embedder)
+    <export>/MOON_MODEL             marker with the base LM path
+
+`get_encoder("<export>")` returns a `MoonEncoder` over it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from moon_ray.config import Config, load_config
+from moon_ray.models.encoder import Encoder, register_encoder
+
+MARKER = "MOON_MODEL"
+
+
+def export_model(checkpoint: Path, out: Path) -> Path:
+    """Copy a checkpoint's model parts into a self-describing export directory."""
+    from moon_ray.models.language import load_tokenizer
+    from moon_ray.models.weights import smollm2_dir
+
+    cfg = load_config(checkpoint / "config.yaml")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy2(checkpoint / "trainable.safetensors", tmp / "trainable.safetensors")
+    shutil.copy2(checkpoint / "config.yaml", tmp / "config.yaml")
+    if (checkpoint / "adapter").exists():
+        shutil.copytree(checkpoint / "adapter", tmp / "adapter")
+    load_tokenizer(cfg.model.lm).save_pretrained(str(tmp / "tokenizer"))
+    base = cfg.model.lm.path or (None if cfg.model.lm.tiny else str(smollm2_dir()))
+    state = json.loads((checkpoint / "moon_state.json").read_text())
+    (tmp / MARKER).write_text(json.dumps({"base_model": base, "step": state["step"], "num_layers": cfg.model.lm.num_layers}))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def load_exported(path: Path, device: str = "cpu"):
+    """(MoonEmbedder in eval mode with the exported weights, Config)."""
+    import torch
+
+    from moon_ray.models.embedder import MoonEmbedder
+    from moon_ray.train.checkpoint import load_trainable
+    from moon_ray.train.task import Temperature
+
+    path = Path(path)
+    if not (path / MARKER).exists():
+        raise FileNotFoundError(f"{path} is not an exported moon-ray model (no {MARKER})")
+    cfg: Config = load_config(path / "config.yaml")
+    model = MoonEmbedder(cfg.model, seed=cfg.train.seed)
+    temperature = Temperature(cfg.train.temperature, cfg.train.learn_temperature)
+    load_trainable(path, model, temperature)
+    return model.to(torch.device(device)).eval(), cfg
+
+
+@register_encoder("directory")
+class MoonEncoder(Encoder):
+    """Encoder over an exported MOON model: queries via `encode`, catalog via `encode_products`."""
+
+    def __init__(self, path: Path, device: str = "cpu", batch_size: int = 32, reasoning: bool = False):
+        self.model, self.cfg = load_exported(Path(path), device)
+        self.name = Path(path).name if Path(path).name != "export" else Path(path).parent.name
+        self.dim = self.cfg.model.embed_dim
+        self.batch_size = batch_size
+
+    def encode(self, images: Sequence[bytes | None], texts: Sequence[str | None]) -> np.ndarray:
+        return self._encode(images, texts, is_query=True)
+
+    def encode_products(self, images: Sequence[bytes], titles: Sequence[str]) -> np.ndarray:
+        return self._encode(images, titles, is_query=False)
+
+    def _encode(self, images, texts, is_query: bool) -> np.ndarray:
+        import torch
+
+        if len(images) != len(texts):
+            raise ValueError(f"images ({len(images)}) and texts ({len(texts)}) differ in length")
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        groups: dict[str, list[int]] = {"multimodal": [], "image": [], "text": []}
+        for i, (img, txt) in enumerate(zip(images, texts, strict=True)):
+            kind = "multimodal" if img is not None and txt else "image" if img is not None else "text" if txt else None
+            if kind is None:
+                raise ValueError(f"input {i} has neither an image nor text")
+            groups[kind].append(i)
+        with torch.no_grad():
+            for kind, idx in groups.items():
+                for s in range(0, len(idx), self.batch_size):
+                    chunk = idx[s : s + self.batch_size]
+                    pixels = self.model.pixels([images[i] for i in chunk]) if kind != "text" else None
+                    words = [texts[i] for i in chunk] if kind != "image" else None
+                    emb = self.model(pixels=pixels, texts=words, modality=kind, is_query=is_query)
+                    out[chunk] = emb.embedding.cpu().numpy()
+        return out

