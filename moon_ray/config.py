@@ -181,8 +181,11 @@ class LoraConfig:
 class LMConfig:
     path: str | None = opt(None, "Hugging Face causal-LM directory; None: the packaged SmolLM2-135M-Instruct.")
     tiny: bool = opt(False, "A tiny random Llama built from config (tests; no weights).")
-    num_layers: int | None = opt(
-        12, "Keep the first N decoder layers (None or more than the LM has: all). SmolLM2-135M has 30; 12 keeps CPU training fast."
+    embed_layers: int | None = opt(
+        12,
+        "Pool the hidden states after the first N decoder layers for the embedding (None or more than "
+        "the LM has: all, as MOON). SmolLM2-135M has 30; 12 keeps CPU training fast. Generation "
+        "(reasoning) always runs the full LM.",
     )
     lora: LoraConfig = opt(LoraConfig(), "LoRA adapters.")
     max_text_tokens: int = opt(40, "Title / query tokens kept.")
@@ -223,7 +226,7 @@ class TrainConfig:
     num_workers: int = opt(2, "Ray Train workers (DDP ranks).")
     cpus_per_worker: float = opt(1.0, "CPUs per worker.")
     use_gpu: bool = opt(False, "Train on GPUs (NCCL); False: CPU (gloo).")
-    steps: int = opt(300, "Optimizer steps.")
+    steps: int = opt(240, "Optimizer steps.")
     batch_size: int = opt(16, "Products per worker per step.")
     lr: float = opt(3e-4, "Peak learning rate (AdamW).")
     weight_decay: float = opt(0.01, "AdamW weight decay.")
@@ -236,7 +239,7 @@ class TrainConfig:
     image_weight: float = opt(1.0, "Weight of image->product InfoNCE (augmented view of the product image).")
     multimodal_weight: float = opt(1.0, "Weight of image+text->product InfoNCE.")
     align_weight: float = opt(0.5, "Weight of intra-product image<->title InfoNCE (0 skips its forward pass).")
-    checkpoint_every: int = opt(100, "Save a checkpoint every N steps (and at the end).")
+    checkpoint_every: int = opt(60, "Save a checkpoint every N steps (and at the end).")
     keep_checkpoints: int = opt(2, "Checkpoints kept by Ray Train.")
     resume: bool = opt(True, "Resume from the latest checkpoint in output_dir when there is one.")
     log_every: int = opt(10, "Report metrics every N steps.")

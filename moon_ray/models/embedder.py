@@ -20,7 +20,7 @@ from torch import nn
 
 from moon_ray.config import ModelConfig
 from moon_ray.models.fusion import ModalityFusion
-from moon_ray.models.language import decoder, decoder_layers, load_language_model
+from moon_ray.models.language import decoder, decoder_layers, first_layers, load_language_model
 from moon_ray.models.moe import MODALITIES, ModalityMoE
 from moon_ray.models.projector import Projector
 from moon_ray.models.residual import ResidualEnhancer
@@ -47,7 +47,8 @@ class MoonEmbedder(nn.Module):
         self.projector = Projector(self.tower.feature_dim, hidden)
         self.residual = None
         if cfg.residual:
-            self.residual = ResidualEnhancer(hidden, len(decoder_layers(self.lm)), cfg.residual_every)
+            used = len(decoder_layers(self.lm)) if cfg.lm.embed_layers is None else min(cfg.lm.embed_layers, len(decoder_layers(self.lm)))
+            self.residual = ResidualEnhancer(hidden, used, cfg.residual_every)
             self.residual.attach(decoder_layers(self.lm))
         self.fusion = ModalityFusion(hidden, cfg.fusion_heads) if cfg.fusion else None
         if cfg.moe:
@@ -121,7 +122,8 @@ class MoonEmbedder(nn.Module):
         if self.residual is not None:
             self.residual.set_patches(vis)
         try:
-            out = decoder(self.lm)(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+            with first_layers(self.lm, self.cfg.lm.embed_layers):
+                out = decoder(self.lm)(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
         finally:
             if self.residual is not None:
                 self.residual.set_patches(None)

@@ -41,7 +41,7 @@ def export_model(checkpoint: Path, out: Path) -> Path:
     load_tokenizer(cfg.model.lm).save_pretrained(str(tmp / "tokenizer"))
     base = cfg.model.lm.path or (None if cfg.model.lm.tiny else str(smollm2_dir()))
     state = json.loads((checkpoint / "moon_state.json").read_text())
-    (tmp / MARKER).write_text(json.dumps({"base_model": base, "step": state["step"], "num_layers": cfg.model.lm.num_layers}))
+    (tmp / MARKER).write_text(json.dumps({"base_model": base, "step": state["step"], "embed_layers": cfg.model.lm.embed_layers}))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

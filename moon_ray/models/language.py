@@ -1,12 +1,14 @@
 """The language model: a Hugging Face causal LM (default: the packaged SmolLM2-135M-Instruct) with LoRA.
 
 `load_language_model(cfg)` returns (model, tokenizer). The model is the causal LM (so rollouts and
-exports use the same weights), optionally cut to its first `num_layers` decoder layers and wrapped
+exports use the same weights), wrapped
 with PEFT LoRA adapters; `decoder(model)` is the inner transformer that gives hidden states without the
 LM head.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -42,24 +44,30 @@ def load_language_model(cfg: LMConfig, seed: int = 0) -> tuple[nn.Module, object
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(cfg.path or smollm2_dir(), dtype=torch.float32)
-    if cfg.num_layers is not None:
-        truncate_layers(model, cfg.num_layers)
     if cfg.lora.enabled:
         model = add_lora(model, cfg)
     return model, tok
 
 
-def truncate_layers(model: nn.Module, n: int) -> None:
-    """Keep the first n decoder layers (all of them when the LM has n or fewer)."""
-    inner = model.model
-    if n < 1:
-        raise ValueError(f"model.lm.num_layers must be >= 1, got {n}")
-    if n >= len(inner.layers):
+@contextlib.contextmanager
+def first_layers(model: nn.Module, n: int | None):
+    """Run the decoder with only its first n layers inside the block (all when n is None or too big).
+
+    Used for embeddings pooled from an intermediate layer: the full LM (and its adapters) stays in
+    place for generation; forward passes inside the block skip the upper layers entirely.
+    """
+    inner = decoder(model)
+    full = inner.layers
+    if n is not None and n < 1:
+        raise ValueError(f"model.lm.embed_layers must be >= 1, got {n}")
+    if n is None or n >= len(full):
+        yield
         return
-    inner.layers = inner.layers[:n]
-    model.config.num_hidden_layers = n
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = model.config.layer_types[:n]
+    inner.layers = full[:n]
+    try:
+        yield
+    finally:
+        inner.layers = full
 
 
 def add_lora(model: nn.Module, cfg: LMConfig) -> nn.Module:

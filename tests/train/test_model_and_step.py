@@ -1,0 +1,105 @@
+"""The composed embedder with tiny parts: shapes, switches, gradients, overfitting, checkpoints."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from moon_ray.config import load_config
+from moon_ray.models.embedder import MoonEmbedder
+from moon_ray.models.moe import routing_aux_loss
+from moon_ray.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from moon_ray.train.task import TrainingModule, make_batch, text_positives
+from moon_ray.train.worker import build_training, lr_lambda, train_step
+from tests.catalog.fixtures import image_bytes
+
+TINY = ["model.lm.tiny=true", "model.vision.name=tiny", "model.vision.pretrained=false", "model.embed_dim=32",
+        "model.matryoshka=[16,32]", "model.fusion_heads=4", "train.batch_size=4", "train.warmup_steps=1"]
+
+
+def tiny_cfg(*extra):
+    return load_config(None, [*TINY, *extra])
+
+
+def rows(n=4):
+    colours = ["Red", "Blue", "Green", "Black", "White", "Navy Blue"]
+    return {
+        "id": np.array([str(i) for i in range(n)], dtype=object),
+        "title": np.array([f"Brand{i} Men {colours[i % 6]} Shirt" for i in range(n)], dtype=object),
+        "image": np.array([image_bytes(size=(64, 64), colour=(40 * i % 255, 90, 200)) for i in range(n)], dtype=object),
+        "gender": np.array(["Men"] * n, dtype=object),
+        "colour": np.array([colours[i % 6] for i in range(n)], dtype=object),
+        "article_type": np.array(["Shirts" if i % 2 else "Tshirts" for i in range(n)], dtype=object),
+        "brand": np.array([f"Brand{i}" for i in range(n)], dtype=object),
+    }
+
+
+@pytest.mark.parametrize("switches", [[], ["model.fusion=false"], ["model.residual=false"], ["model.moe=false"],
+                                      ["model.fusion=false", "model.residual=false", "model.moe=false"],
+                                      ["model.pooling=last"], ["model.lm.lora.enabled=false"]])
+def test_every_switch_builds_and_runs(switches):
+    model = MoonEmbedder(tiny_cfg(*switches).model)
+    x = torch.randn(2, 3, 224, 224)
+    for kw in (dict(pixels=x, texts=["a b", "c"], reasoning=["r", ""]), dict(texts=["q"], is_query=True, modality="text"),
+               dict(pixels=x, modality="image")):
+        out = model(**kw)
+        assert out.embedding.shape[1] == 32
+        assert torch.allclose(out.embedding.norm(dim=-1), torch.ones(out.embedding.shape[0]), atol=1e-5)
+    assert (model.fusion is None) == ("model.fusion=false" in switches)
+    assert (model.residual is None) == ("model.residual=false" in switches)
+
+
+def test_frozen_parts_stay_frozen_and_trainable_parts_move():
+    cfg = tiny_cfg()
+    model, temperature, opt, sched = build_training(cfg, torch.device("cpu"))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and not any("lora_" in n for n in frozen)
+    assert any(n.startswith("tower.") for n in frozen) and any(".base_layer." in n for n in frozen)
+    step = TrainingModule(model, temperature, cfg)
+    for _ in range(2):
+        train_step(step, opt, sched, make_batch(rows(), random.Random(0), 224), cfg)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(frozen[n], after[n]) for n in frozen)
+    moved = [n for n in trainable if not torch.equal(trainable[n], after[n])]
+    assert any("lora_B" in n for n in moved) and any(n.startswith("projector.") for n in moved)
+    assert any(n.startswith("fusion.") for n in moved) and any(n.startswith("head.") for n in moved)
+
+
+def test_loss_falls_when_overfitting_a_fixed_batch():
+    cfg = tiny_cfg("train.lr=0.003", "train.align_weight=0", "train.steps=40", "train.warmup_steps=0")
+    model, temperature, opt, sched = build_training(cfg, torch.device("cpu"))
+    step = TrainingModule(model, temperature, cfg)
+    batch = make_batch(rows(6), random.Random(1), 224)
+    losses = [train_step(step, opt, sched, batch, cfg)["loss"] for _ in range(25)]
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
+
+
+def test_checkpoint_roundtrip_restores_step_and_weights(tmp_path):
+    cfg = tiny_cfg()
+    model, temperature, opt, sched = build_training(cfg, torch.device("cpu"))
+    train_step(TrainingModule(model, temperature, cfg), opt, sched, make_batch(rows(), random.Random(0), 224), cfg)
+    save_checkpoint(tmp_path / "a" / "step-000007", model, temperature, opt, sched, 7, cfg)
+    save_checkpoint(tmp_path / "b" / "step-000003", model, temperature, opt, sched, 3, cfg)
+    assert latest_checkpoint(tmp_path).name == "step-000007"
+    assert (tmp_path / "a" / "step-000007" / "adapter" / "adapter_config.json").exists()
+    fresh, t2, opt2, sched2 = build_training(cfg, torch.device("cpu"))
+    assert load_checkpoint(tmp_path / "a" / "step-000007", fresh, t2, opt2, sched2) == 7
+    for (n, p), (_, q) in zip(model.named_parameters(), fresh.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+    assert sched2.last_epoch == sched.last_epoch and opt2.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+
+
+def test_text_positives_and_schedule_and_moe_aux():
+    q = torch.tensor([[1, 2, 3, 4]])
+    used = torch.tensor([[True, False, True, False]])
+    c = torch.tensor([[1, 9, 3, 9], [1, 2, 4, 4], [2, 2, 3, 4]])
+    assert text_positives(q, used, c).tolist() == [[True, False, False]]
+    f = lr_lambda(warmup=2, total=10, floor=0.1)
+    assert [round(f(s), 3) for s in (0, 1, 2, 10)] == [0.5, 1.0, 1.0, 0.1]
+    assert routing_aux_loss(torch.full((4, 4), 0.25)).item() == pytest.approx(0.0, abs=1e-6)
+    assert routing_aux_loss(torch.eye(4)).item() == pytest.approx(-1.0, abs=1e-4)
+    assert routing_aux_loss(torch.tensor([[1.0, 0, 0, 0]] * 4)).item() == pytest.approx(0.0, abs=1e-4)
