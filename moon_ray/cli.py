@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     "train": ("moon_ray.cli:cmd_train", "train the MOON embedder on Ray Train (contrastive; joint with RL)", ["config"]),
     "eval": ("moon_ray.eval.evaluate:cli_eval", "evaluate a model or baseline on the held-out split",
              ["config", "moon_ray.eval.evaluate:add_eval_args"]),
+    "serve": ("moon_ray.serve.app:cli_serve", "serve /v1/embeddings and /v1/search with Ray Serve",
+              ["config", "moon_ray.serve.app:add_serve_args"]),
     "submit": ("moon_ray.jobs:cli_submit", "submit a pipeline to a Ray cluster as a Ray job",
                ["moon_ray.jobs:add_submit_args"]),
     "jobs": ("moon_ray.jobs:cli_jobs", "status, logs or stop of a submitted job", ["moon_ray.jobs:add_jobs_args"]),

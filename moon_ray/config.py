@@ -282,6 +282,35 @@ class EvalConfig:
             raise ConfigError(f"eval.zero_shot: unknown product field {bad[0]!r} (known: {', '.join(fields)})")
 
 
+# -------------------------------------------------------------------------------------------- serve
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str = opt("frozen", "A baseline name or an exported model directory to serve.")
+    host: str = opt("127.0.0.1", "Bind address of the HTTP proxy (127.0.0.1 unless told otherwise).")
+    port: int = opt(8000, "HTTP port.")
+    route_prefix: str = opt("/", "Route prefix of the application.")
+    index_dir: str | None = opt(
+        None, "A saved catalog index (embeddings + FAISS + metadata); None: build one from data.output_dir at start."
+    )
+    index: str = opt("flat", "FAISS index kind for /v1/search: flat or hnsw.")
+    index_split: str | None = opt(None, "Index only this split of the catalog (None: every product).")
+    index_limit: int | None = opt(None, "Index at most this many products (None: all).")
+    api_key: str | None = opt(None, "Bearer token required on /v1/* (None: $MOON_RAY_API_KEY if set, else open).")
+    max_body_bytes: int = opt(8_000_000, "Requests with a larger body are refused (413).")
+    max_inputs: int = opt(64, "Most inputs in one /v1/embeddings request.")
+    max_image_pixels: int = opt(16_000_000, "Images with more pixels are refused (400).")
+    max_text_chars: int = opt(2000, "Longest text input, in characters.")
+    max_batch_size: int = opt(32, "Dynamic batching (@serve.batch): most items per model call.")
+    batch_wait_timeout_s: float = opt(0.01, "Dynamic batching: longest wait to fill a batch.")
+    num_replicas: int = opt(1, "Replicas when autoscaling is off.")
+    autoscaling: bool = opt(False, "Autoscale replicas between min_replicas and max_replicas.")
+    min_replicas: int = opt(1, "Autoscaling minimum.")
+    max_replicas: int = opt(2, "Autoscaling maximum.")
+    target_ongoing_requests: float = opt(8.0, "Autoscaling target of ongoing requests per replica.")
+    cpus_per_replica: float = opt(1.0, "CPUs per replica.")
+    reasoning_max_tokens: int = opt(48, "New tokens of a generated reasoning trace (reasoning=true).")
+
+
 # --------------------------------------------------------------------------------------------- root
 @dataclass(frozen=True)
 class Config:
@@ -291,6 +320,7 @@ class Config:
     eval: EvalConfig = opt(EvalConfig(), "Evaluation on the held-out split.")
     model: ModelConfig = opt(ModelConfig(), "The MOON embedder.")
     train: TrainConfig = opt(TrainConfig(), "Contrastive training on Ray Train.")
+    serve: ServeConfig = opt(ServeConfig(), "The Ray Serve deployment.")
 
 
 # ------------------------------------------------------------------------------------------ loading
