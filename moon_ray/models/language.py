@@ -15,8 +15,9 @@ from torch import nn
 
 from moon_ray.config import LMConfig
 
-TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+# head_dim 64: the smallest that vLLM's CPU attention kernels accept, so tests share one tiny model.
+TINY_LLAMA = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True)
 
 
 def load_tokenizer(cfg: LMConfig):

@@ -53,17 +53,23 @@ def run_train(cfg: Config) -> dict:
     storage = out / "ray"
     resume_from = latest_checkpoint(storage) if cfg.train.resume else None
     progress = ProgressActor.options(num_cpus=0).remote()
+    pool = start_rollout_pool(cfg) if cfg.rollout.enabled else None
     worker_resources = {"CPU": cfg.train.cpus_per_worker, **resources.request(resources.TRAINER, cfg.ray.use_custom_resources)}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "resume_from": str(resume_from) if resume_from else None, "progress": progress},
+        train_loop_config={"cfg": to_dict(cfg), "resume_from": str(resume_from) if resume_from else None,
+                           "progress": progress, "rollout_pool": pool},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=worker_resources),
         run_config=RunConfig(name="run", storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
         datasets={"train": train_dataset(cfg)},
     )
     start = json.loads((resume_from / "moon_state.json").read_text())["step"] if resume_from else 0
-    result = _fit_with_progress(trainer, progress, start, cfg.train.steps)
+    try:
+        result = _fit_with_progress(trainer, progress, start, cfg.train.steps)
+    finally:
+        if pool is not None:
+            ray.get(pool.shutdown.remote())
     final = latest_checkpoint(storage)
     if final is None:
         raise RuntimeError(f"training finished without a checkpoint under {storage}")
@@ -75,6 +81,20 @@ def run_train(cfg: Config) -> dict:
                "history": ray.get(progress.history.remote()), "seconds": round(time.perf_counter() - t0, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def start_rollout_pool(cfg: Config):
+    """The rollout actors (vLLM or torch engine) on the full base LM; trainers push weights to them."""
+    from moon_ray.models.weights import smollm2_dir
+    from moon_ray.rollout.pool import RolloutPool
+
+    r = cfg.rollout
+    model_dir = cfg.model.lm.path or str(smollm2_dir())
+    kwargs = {"model_dir": model_dir, "threads": r.threads}
+    if r.engine == "vllm":
+        kwargs.update(max_model_len=r.max_model_len, seed=cfg.train.seed)
+    return RolloutPool.options(name=None).remote(r.engine, kwargs, r.num_workers, r.cpus_per_worker,
+                                                 r.gpus_per_worker, cfg.ray.use_custom_resources)
 
 
 def _fit_with_progress(trainer, progress, start: int, total: int):
@@ -89,7 +109,7 @@ def _fit_with_progress(trainer, progress, start: int, total: int):
         step, metrics = ray.get(progress.latest.remote())
         if step > bar.n:
             bar.update(step - bar.n)
-            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "text_acc", "image_acc", "samples_per_s") if k in metrics})
+            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "text_acc", "image_acc", "reward_mean", "samples_per_s") if k in metrics})
     bar.close()
     if "error" in box:
         raise box["error"]

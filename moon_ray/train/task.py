@@ -80,11 +80,13 @@ def text_positives(q_ids: torch.Tensor, q_used: torch.Tensor, c_ids: torch.Tenso
     return match.all(-1)
 
 
-def training_forward(model: nn.Module, temperature: Temperature, batch: TrainBatch, cfg: Config) -> tuple[dict, dict]:
-    """Embeds products and queries, gathers candidates across ranks, returns (losses, metrics)."""
+def training_forward(model: nn.Module, temperature: Temperature, batch: TrainBatch, cfg: Config,
+                     reasoning: list[str] | None = None) -> tuple[dict, dict]:
+    """Embeds products (with their reasoning traces when given) and queries, gathers candidates
+    across ranks, returns (losses, metrics)."""
     t, dims = cfg.train, cfg.model.matryoshka
     pixels, views = model.pixels(batch.images), model.pixels(batch.views)
-    prod = model(pixels=pixels, texts=batch.titles, modality="multimodal")
+    prod = model(pixels=pixels, texts=batch.titles, reasoning=reasoning, modality="multimodal")
     cand = gather_with_grad(prod.raw)
     c_ids = gather_no_grad(batch.attr_ids.to(cand.device))
     b = prod.raw.shape[0]

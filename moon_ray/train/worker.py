@@ -18,6 +18,7 @@ import torch
 
 from moon_ray.config import Config, build
 from moon_ray.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from moon_ray.train.joint import JointTrainingModule, generate_phase, sync_phase
 from moon_ray.train.task import Temperature, TrainingModule, make_batch
 
 BATCH_COLUMNS = ["id", "title", "image", "gender", "colour", "article_type", "brand"]
@@ -48,9 +49,10 @@ def build_training(cfg: Config, device: torch.device):
     return model, temperature, optimizer, scheduler
 
 
-def train_step(step_module, optimizer, scheduler, batch, cfg: Config) -> dict:
-    """One optimizer step; `step_module` is a (possibly DDP-wrapped) `TrainingModule`."""
-    losses, metrics = step_module(batch)
+def train_step(step_module, optimizer, scheduler, batch, cfg: Config, *extra) -> dict:
+    """One optimizer step; `step_module` is a (possibly DDP-wrapped) Training/JointTrainingModule."""
+    t0 = time.perf_counter()
+    losses, metrics = step_module(batch, *extra)
     total = sum(v for k, v in losses.items() if k.endswith("_loss"))
     optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -59,6 +61,7 @@ def train_step(step_module, optimizer, scheduler, batch, cfg: Config) -> dict:
         metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
     optimizer.step()
     scheduler.step()
+    metrics["time_update"] = time.perf_counter() - t0 - metrics.get("time_reward", 0.0)
     out = {k: float(v.detach()) for k, v in losses.items()}
     out["loss"] = float(total.detach())
     out["lr"] = scheduler.get_last_lr()[0]
@@ -76,9 +79,12 @@ def train_loop_per_worker(config: dict) -> None:
     device = get_device()
     model, temperature, optimizer, scheduler = build_training(cfg, device)
     step = _restore(config.get("resume_from"), model, temperature, optimizer, scheduler)
-    step_module = TrainingModule(model, temperature, cfg)
+    pool = config.get("rollout_pool") if cfg.rollout.enabled else None
+    step_module = JointTrainingModule(model, temperature, cfg) if pool is not None else TrainingModule(model, temperature, cfg)
     if ctx.get_world_size() > 1:
         step_module = prepare_model(step_module, parallel_strategy_kwargs={"find_unused_parameters": True})
+    if pool is not None and rank == 0 and step > 0:  # resumed: the actors still hold the base weights
+        sync_phase(model, pool, step, cfg.rollout.sync_mode)
     writer = _tensorboard(cfg) if rank == 0 else None
     progress = config.get("progress")
     shard = ray.train.get_dataset_shard("train")
@@ -88,8 +94,15 @@ def train_loop_per_worker(config: dict) -> None:
         for rows in shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", drop_last=True,
                                        local_shuffle_buffer_size=4 * cfg.train.batch_size):
             batch = make_batch(rows, rng, cfg.model.vision.image_size)
-            metrics = train_step(step_module, optimizer, scheduler, batch, cfg)
+            extra, timing = (), {}
+            if pool is not None:
+                t_gen = time.perf_counter()
+                extra = (generate_phase(model, pool, batch, cfg, step, seed=cfg.train.seed * 100_003 + step * 17 + rank),)
+                timing["time_gen"] = time.perf_counter() - t_gen
+            metrics = train_step(step_module, optimizer, scheduler, batch, cfg, *extra) | timing
             step += 1
+            if pool is not None and rank == 0 and step % cfg.rollout.sync_interval == 0:
+                metrics |= sync_phase(model, pool, step, cfg.rollout.sync_mode)
             window.append(metrics)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps or step % cfg.train.checkpoint_every == 0:
                 elapsed, t0 = time.perf_counter() - t0, time.perf_counter()

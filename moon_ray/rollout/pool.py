@@ -1,0 +1,144 @@
+"""The rollout pool: N rollout actors, sized independently of the trainers.
+
+    pool = RolloutPool.options(name="rollout-pool").remote(engine="vllm", engine_kwargs={...},
+                                                           num_workers=2, cpus_per_worker=0.5)
+    groups = ray.get(pool.generate.remote(prompts, SamplingConfig(n=4)))
+    ray.get(pool.sync.remote([ray.put(payload)], version=3, mode="merged"))   # one put, every actor pulls
+    ray.get(pool.resize.remote(4))                                           # grow or shrink mid-run
+
+Prompts are split evenly across the actors (contiguous chunks, sizes differing by at most one). An
+actor that dies is replaced, given the latest weights, and its chunk is retried once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import ray
+import torch
+
+from moon_ray import resources
+from moon_ray.rollout.base import Rollout, SamplingConfig, create_engine
+from moon_ray.weight_sync.base import merge_adapter
+
+
+class RolloutWorker:
+    """One engine in one actor (created with `ray.remote(RolloutWorker).options(...)`)."""
+
+    def __init__(self, engine: str, engine_kwargs: dict):
+        self.engine = create_engine(engine, **engine_kwargs)
+        self.model_dir = engine_kwargs.get("model_dir")
+        self._base: dict[str, torch.Tensor] | None = None
+
+    def generate(self, prompts: Sequence[torch.Tensor], sampling: SamplingConfig) -> list[list[Rollout]]:
+        return self.engine.generate(prompts, sampling)
+
+    def update_weights(self, payload: list, version: int, mode: str = "merged") -> int:
+        items = payload
+        if mode == "adapter":
+            items = list(merge_adapter(self._base_weights([n for n, _ in payload]), dict(payload)))
+        self.engine.update_weights(iter(items), version)
+        return version
+
+    def _base_weights(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The untouched base weights that adapters are merged into (read once from model_dir)."""
+        if self._base is None:
+            from pathlib import Path
+
+            from safetensors import safe_open
+
+            wanted = {n.rsplit("::", 1)[0] for n in names}
+            self._base = {}
+            for file in sorted(Path(self.model_dir).glob("*.safetensors")):
+                with safe_open(str(file), framework="pt") as f:
+                    for key in f.keys():
+                        if key in wanted:
+                            self._base[key] = f.get_tensor(key).float()
+        return self._base
+
+    def info(self) -> dict:
+        return self.engine.info()
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+def split_evenly(n_items: int, n_parts: int) -> list[range]:
+    """Contiguous ranges covering n_items, sizes differing by at most one (empty ranges dropped)."""
+    base, extra = divmod(n_items, n_parts)
+    out, start = [], 0
+    for i in range(n_parts):
+        size = base + (1 if i < extra else 0)
+        if size:
+            out.append(range(start, start + size))
+        start += size
+    return out
+
+
+@ray.remote(num_cpus=0, max_concurrency=16)
+class RolloutPool:
+    def __init__(self, engine: str, engine_kwargs: dict, num_workers: int, cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = 0.0, use_custom_resources: bool = False):
+        self.engine, self.engine_kwargs = engine, engine_kwargs
+        self.options = dict(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                            resources=resources.request(resources.ROLLOUT, use_custom_resources))
+        self.payload_ref, self.version, self.mode = None, 0, "merged"
+        self.restarts = 0
+        self.actors = [self._spawn() for _ in range(num_workers)]
+        ray.get([a.info.remote() for a in self.actors])  # wait until every engine is up
+
+    def _spawn(self):
+        actor = ray.remote(RolloutWorker).options(**self.options).remote(self.engine, self.engine_kwargs)
+        if self.payload_ref is not None:
+            ray.get(actor.update_weights.remote(self.payload_ref, self.version, self.mode))
+        return actor
+
+    def generate(self, prompts: Sequence[torch.Tensor], sampling: SamplingConfig) -> list[list[Rollout]]:
+        actors = list(self.actors)
+        parts = split_evenly(len(prompts), len(actors))
+        futures = [actors[i].generate.remote([prompts[j] for j in r], sampling) for i, r in enumerate(parts)]
+        out: list[list[Rollout]] = []
+        for i, (r, fut) in enumerate(zip(parts, futures, strict=True)):
+            try:
+                out.extend(ray.get(fut))
+            except ray.exceptions.RayActorError:
+                replacement = self._replace(actors[i])
+                out.extend(ray.get(replacement.generate.remote([prompts[j] for j in r], sampling)))
+        return out
+
+    def _replace(self, dead):
+        self.restarts += 1
+        fresh = self._spawn()
+        self.actors = [fresh if a == dead else a for a in self.actors]
+        return fresh
+
+    def sync(self, payload_refs: list, version: int, mode: str = "merged") -> dict:
+        """Every actor pulls the payload (payload_refs[0], put once by the trainer) and loads it."""
+        t0 = time.perf_counter()
+        self.payload_ref, self.version, self.mode = payload_refs[0], version, mode
+        ray.get([a.update_weights.remote(self.payload_ref, version, mode) for a in self.actors])
+        return {"sync_s": time.perf_counter() - t0, "actors": len(self.actors), "version": version}
+
+    def resize(self, num_workers: int) -> int:
+        if num_workers < 1:
+            raise ValueError("a rollout pool needs at least one worker")
+        while len(self.actors) < num_workers:
+            self.actors.append(self._spawn())
+        while len(self.actors) > num_workers:
+            ray.kill(self.actors.pop())
+        return len(self.actors)
+
+    def status(self) -> dict:
+        infos = ray.get([a.info.remote() for a in self.actors])
+        return {"workers": len(self.actors), "version": self.version, "restarts": self.restarts, "engines": infos}
+
+    def worker_handles(self) -> list:
+        return list(self.actors)
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []

@@ -1,0 +1,1 @@
+"""Trainer -> rollout weight transport: (name, tensor) iterators, whatever the transport."""

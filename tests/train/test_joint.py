@@ -1,0 +1,96 @@
+"""Joint training pieces with tiny models: rollout pool (torch engine), GRPO step, weight sync."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import ray
+import torch
+
+from moon_ray.config import load_config
+from moon_ray.rollout.base import SamplingConfig
+from moon_ray.rollout.pool import RolloutPool, split_evenly
+from moon_ray.train.joint import JointTrainingModule, generate_phase, sync_phase
+from moon_ray.train.task import make_batch
+from moon_ray.train.worker import build_training, train_step
+from tests.train.test_model_and_step import rows
+from tests.train.tiny_lm import write_tiny_lm
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), scale=20.0)
+
+
+def joint_cfg(tiny_dir, *extra):
+    return load_config(None, [
+        f"model.lm.path={tiny_dir}", "model.vision.name=tiny", "model.vision.pretrained=false", "model.embed_dim=32",
+        "model.matryoshka=[16,32]", "model.lm.embed_layers=2", "train.batch_size=4", "train.warmup_steps=0", "train.lr=0.01",
+        "rollout.enabled=true", "rollout.engine=torch", "rollout.group_size=3", "rollout.max_tokens=6",
+        "rollout.cpus_per_worker=0.25", "rollout.num_workers=2", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local, tiny_dir):
+    handle = RolloutPool.remote("torch", {"model_dir": str(tiny_dir), "threads": 1}, 2, 0.25)
+    yield handle
+    ray.get(handle.shutdown.remote())
+
+
+def test_split_evenly():
+    assert [list(r) for r in split_evenly(5, 2)] == [[0, 1, 2], [3, 4]]
+    assert [len(r) for r in split_evenly(2, 4)] == [1, 1]
+
+
+def test_joint_step_generates_rewards_and_updates(pool, tiny_dir):
+    cfg = joint_cfg(tiny_dir)
+    model, temperature, opt, sched = build_training(cfg, torch.device("cpu"))
+    batch = make_batch(rows(4), random.Random(0), 224)
+    rollouts = generate_phase(model, pool, batch, cfg, trainer_version=0, seed=1)
+    assert [len(g) for g in rollouts.traces] == [3, 3, 3, 3]
+    assert all(r.version == 0 and len(r.logprobs) == len(r.token_ids) > 0 for g in rollouts.traces for r in g)
+    module = JointTrainingModule(model, temperature, cfg)
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    metrics = train_step(module, opt, sched, batch, cfg, rollouts)
+    for key in ("grpo_loss", "text_loss", "reward_mean", "reward_std", "grpo_kl", "trace_len", "version_lag", "time_reward"):
+        assert key in metrics, key
+    assert metrics["kept_rollouts"] == 1.0 and metrics["version_lag"] == 0.0
+    after = dict(model.named_parameters())
+    # adapters of layer 3 get gradient only from GRPO (the embedding pools after the first 2 layers)
+    upper = [n for n in lora_before if ".layers.3." in n]
+    assert upper and any(not torch.equal(lora_before[n], after[n]) for n in upper)
+
+
+def test_sync_changes_actor_outputs_and_versions(pool, tiny_dir):
+    cfg = joint_cfg(tiny_dir)
+    model, temperature, opt, sched = build_training(cfg, torch.device("cpu"))
+    prompts = [torch.randn(5, 128), torch.randn(7, 128)]
+    sampling = SamplingConfig(n=2, max_tokens=6, temperature=1.0, seed=7)
+    before = ray.get(pool.generate.remote(prompts, sampling))
+    with torch.no_grad():  # move the adapters far from zero so the merged weights differ
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    info = sync_phase(model, pool, version=5, mode="merged")
+    after = ray.get(pool.generate.remote(prompts, sampling))
+    assert info["actors"] == 2 and all(r.version == 5 for g in after for r in g)
+    assert [r.token_ids for g in before for r in g] != [r.token_ids for g in after for r in g]
+    # adapter-only sync gives the actors the same weights as the merged one
+    sync_phase(model, pool, version=6, mode="adapter")
+    again = ray.get(pool.generate.remote(prompts, sampling))
+    assert [r.token_ids for g in again for r in g] == [r.token_ids for g in after for r in g]
+
+
+def test_pool_resize_and_restart(pool):
+    prompts = [torch.randn(4, 128) for _ in range(3)]
+    sampling = SamplingConfig(n=1, max_tokens=3, seed=0)
+    assert ray.get(pool.resize.remote(3)) == 3
+    victim = ray.get(pool.worker_handles.remote())[0]
+    ray.kill(victim)
+    out = ray.get(pool.generate.remote(prompts, sampling))
+    assert len(out) == 3
+    status = ray.get(pool.status.remote())
+    assert status["restarts"] == 1 and status["workers"] == 3
+    assert ray.get(pool.resize.remote(2)) == 2
