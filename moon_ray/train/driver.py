@@ -31,8 +31,10 @@ def train_dataset(cfg: Config):
     products = Path(cfg.data.output_dir) / "products"
     if not products.exists():
         raise FileNotFoundError(f"{products} does not exist: run `moon-ray preprocess data.output_dir={cfg.data.output_dir}` first")
-    ds = ray.data.read_parquet(str(products), columns=[*BATCH_COLUMNS, "split"])
-    ds = ds.filter(expr="split == 'train'").drop_columns(["split"])
+    from ray.data.expressions import col
+
+    ds = ray.data.read_parquet(str(products)).select_columns([*BATCH_COLUMNS, "split"])
+    ds = ds.filter(expr=col("split") == "train").drop_columns(["split"])
     if cfg.train.limit is not None:
         ds = ds.limit(cfg.train.limit)
     ds = ds.materialize()

@@ -94,3 +94,21 @@ def test_pool_resize_and_restart(pool):
     status = ray.get(pool.status.remote())
     assert status["restarts"] == 1 and status["workers"] == 3
     assert ray.get(pool.resize.remote(2)) == 2
+
+
+def test_joint_training_on_ray_train(real_slice, tiny_dir, tmp_path):
+    """A few joint steps on Ray Train (2 DDP workers) with torch-engine rollout actors on a real slice."""
+    import json
+
+    from moon_ray.train.driver import run_train
+
+    cfg = joint_cfg(tiny_dir, f"data.output_dir={real_slice}", f"train.output_dir={tmp_path}", "train.steps=2",
+                    "train.log_every=1", "train.checkpoint_every=2", "train.cpus_per_worker=0.5", "ray.progress=false",
+                    "rollout.num_workers=1", "rollout.group_size=2", "rollout.max_tokens=4")
+    summary = run_train(cfg)
+    history = summary["history"]
+    assert [h["step"] for h in history] == [1, 2]
+    for key in ("reward_mean", "grpo_loss", "time_gen", "time_update", "time_sync", "version_lag", "trace_len"):
+        assert key in history[-1], key
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 2
+    assert (tmp_path / "export" / "trainable.safetensors").exists()
