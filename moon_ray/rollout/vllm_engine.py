@@ -23,8 +23,10 @@ class VLLMEngine(RolloutEngine):
         # In-process engine core: simpler inside a Ray actor, and collective_rpc stays local.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(kv_cache_gib))))
-        if threads:
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "all" if threads > 1 else "0")
+        if threads and not torch.cuda.is_available():
+            # vLLM's auto binding reserves cores and keeps one; bind the OpenMP team to `threads` cores.
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{threads - 1}" if threads > 1 else "nobind")
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             torch.set_num_threads(threads)
         from vllm import LLM
 
