@@ -38,6 +38,7 @@ class MoonEmbedder(nn.Module):
     def __init__(self, cfg: ModelConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
+        torch.manual_seed(seed)  # random parts (tiny tower, heads) are rebuilt identically from the seed
         self.tower = build_tower(cfg.vision)
         if not cfg.vision.trainable:
             self.tower.requires_grad_(False)

@@ -69,11 +69,14 @@ def load_exported(path: Path, device: str = "cpu"):
 class MoonEncoder(Encoder):
     """Encoder over an exported MOON model: queries via `encode`, catalog via `encode_products`."""
 
-    def __init__(self, path: Path, device: str = "cpu", batch_size: int = 32, reasoning: bool = False):
+    def __init__(self, path: Path, device: str = "cpu", batch_size: int = 32, reasoning: bool | None = None):
+        """reasoning: embed products with a generated reasoning trace (default: when the model was
+        trained jointly, i.e. its config has rollout.enabled)."""
         self.model, self.cfg = load_exported(Path(path), device)
         self.name = Path(path).name if Path(path).name != "export" else Path(path).parent.name
         self.dim = self.cfg.model.embed_dim
         self.batch_size = batch_size
+        self.reasoning = self.cfg.rollout.enabled if reasoning is None else reasoning
 
     def encode(self, images: Sequence[bytes | None], texts: Sequence[str | None]) -> np.ndarray:
         return self._encode(images, texts, is_query=True)
@@ -83,6 +86,8 @@ class MoonEncoder(Encoder):
 
     def _encode(self, images, texts, is_query: bool) -> np.ndarray:
         import torch
+
+        from moon_ray.rollout.prompts import generate_reasoning
 
         if len(images) != len(texts):
             raise ValueError(f"images ({len(images)}) and texts ({len(texts)}) differ in length")
@@ -99,6 +104,9 @@ class MoonEncoder(Encoder):
                     chunk = idx[s : s + self.batch_size]
                     pixels = self.model.pixels([images[i] for i in chunk]) if kind != "text" else None
                     words = [texts[i] for i in chunk] if kind != "image" else None
-                    emb = self.model(pixels=pixels, texts=words, modality=kind, is_query=is_query)
+                    traces = None
+                    if self.reasoning and not is_query and kind == "multimodal":
+                        traces = generate_reasoning(self.model, pixels, words, max_new_tokens=self.cfg.rollout.max_tokens)
+                    emb = self.model(pixels=pixels, texts=words, reasoning=traces, modality=kind, is_query=is_query)
                     out[chunk] = emb.embedding.cpu().numpy()
         return out
