@@ -48,7 +48,8 @@ def catalog_embeddings(cfg, cache: Path) -> np.ndarray:
         return np.load(cache)
     init_ray(cfg.ray)
     requests = pa.table({"row": pa.array(range(table.num_rows), pa.int64()), "image": table.column("image"),
-                         "text": table.column("title"), "degrade": pa.nulls(table.num_rows, pa.string())})
+                         "text": table.column("title"), "degrade": pa.nulls(table.num_rows, pa.string()),
+                         "product": pa.array([True] * table.num_rows)})
     t = time.perf_counter()
     vecs = embed_requests(requests, cfg)
     print(f"embedded {len(ids)} catalog products in {time.perf_counter() - t:.0f} s -> {cache}")
@@ -109,14 +110,19 @@ def main() -> None:
     t = time.perf_counter()
     hnsw = build_index(data, "hnsw", ev.hnsw_m, ev.hnsw_ef_construction, ev.hnsw_ef_search)
     build_s = time.perf_counter() - t
-    rows = []
+    sweep = []
     for ef in sorted({*EF_SEARCH, ev.hnsw_ef_search}):
         hnsw.hnsw.efSearch = ef
         ids, qps = timed_search(hnsw, queries, args.k)
-        rows.append({"ef_search": ef, "recall@10": round(recall_at(ids, exact), 4), "qps": round(qps, 1),
-                     "speedup": round(qps / flat_qps, 2)})
-        print(f"HNSW efSearch={ef:4d}  recall@10 {rows[-1]['recall@10']:.4f}  QPS {qps:9.1f}  "
-              f"x{rows[-1]['speedup']:.2f} vs Flat")
+        sweep.append((ef, recall_at(ids, exact), qps))
+    # Flat again after the sweep: the better of the two timings, so load that comes and goes on a
+    # shared machine does not flatter HNSW
+    flat_qps = max(flat_qps, timed_search(flat, queries, args.k)[1])
+    rows = [{"ef_search": ef, "recall@10": round(rec, 4), "qps": round(qps, 1), "speedup": round(qps / flat_qps, 2)}
+            for ef, rec, qps in sweep]
+    for r in rows:
+        print(f"HNSW efSearch={r['ef_search']:4d}  recall@10 {r['recall@10']:.4f}  QPS {r['qps']:9.1f}  "
+              f"x{r['speedup']:.2f} vs Flat")
     chosen = next(r for r in rows if r["ef_search"] == ev.hnsw_ef_search)
     result = {
         "benchmark": "index", "vectors": int(data.shape[0]), "dim": int(data.shape[1]),

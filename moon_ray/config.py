@@ -347,6 +347,7 @@ class ServeConfig:
     max_ongoing_requests: int = opt(
         128, "Requests a replica accepts at once; above max_batch_size, or dynamic batching cannot fill batches."
     )
+    access_log: bool = opt(True, "Log every request (replicas and proxy); off saves CPU at high request rates.")
     max_top_k: int = opt(100, "Largest k of a /v1/search request.")
     index_batch_size: int = opt(32, "Products per encode call while building the catalog index at start.")
     reasoning_max_tokens: int = opt(48, "New tokens of a generated reasoning trace (reasoning=true).")

@@ -1,0 +1,118 @@
+"""The evaluation set: one split of the preprocessed catalog, its text queries, and the encode requests.
+
+    data = load_split(cfg)                        # products of cfg.eval.split (+ its text queries)
+    requests, parts = build_requests(data, cfg.eval.zero_shot)
+
+Products come from `cfg.data.output_dir`/products (catalog order, the first `eval.limit` of the
+split), queries from queries/<split>.parquet; with a limit, each query keeps the relevant products
+that remain and a query left with none is dropped. `build_requests` lists every input the encoder has
+to embed, in named parts (a slice each):
+
+| part            | image                  | text                         | used by                     |
+| --------------- | ---------------------- | ---------------------------- | --------------------------- |
+| product         | product image          | title                        | the index; zero-shot (mm)   |
+|                 | (`Encoder.encode_products`; every other part goes through `Encoder.encode`)        |
+| text_query      | —                      | "Men Navy Blue Shirts"       | text → product              |
+| image_degraded  | degrade(image, seed, id) | —                          | image → product (same)      |
+| image           | product image          | —                            | similar products; zero-shot |
+| image_text      | degrade(image, seed, id) | "Navy Blue Shirts"         | image+text → product        |
+| label/<field>   | —                      | each distinct value          | zero-shot label prompts     |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from moon_ray.config import Config, ConfigError
+
+PRODUCT_COLUMNS = ("id", "row", "title", "image", "gender", "colour", "article_type", "season", "usage",
+                   "master_category", "sub_category", "material", "brand")
+
+
+@dataclass
+class EvalSet:
+    """The products of one split (parallel lists) and its text queries."""
+
+    split: str
+    products: dict[str, list]  # column -> values, PRODUCT_COLUMNS
+    queries: list[str]
+    query_relevant: list[list[int]]  # product indices per query
+
+    @property
+    def size(self) -> int:
+        return len(self.products["id"])
+
+
+def load_split(cfg: Config) -> EvalSet:
+    """The products and queries of `cfg.eval.split`; a clear error when preprocessing has not run."""
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    root = Path(cfg.data.output_dir)
+    products_dir = root / "products"
+    hint = f"run `moon-ray preprocess data.output_dir={root}` first"
+    if not products_dir.is_dir() or not any(products_dir.glob("*.parquet")):
+        raise FileNotFoundError(f"no preprocessed catalog at {products_dir}: {hint}")
+    split = cfg.eval.split
+    dataset = ds.dataset(products_dir, format="parquet")
+    table = dataset.to_table(columns=list(PRODUCT_COLUMNS), filter=ds.field("split") == split)
+    if table.num_rows == 0:
+        found = sorted(set(dataset.to_table(columns=["split"]).column("split").to_pylist()))
+        raise ConfigError(f"eval.split: no products in split {split!r} under {products_dir} (splits: {found})")
+    table = table.sort_by("row")
+    if cfg.eval.limit is not None:
+        table = table.slice(0, cfg.eval.limit)
+    products = table.to_pydict()
+    query_path = root / "queries" / f"{split}.parquet"
+    if not query_path.exists():
+        raise FileNotFoundError(f"no text queries at {query_path}: {hint}")
+    queries = pq.read_table(query_path, columns=["text", "relevant_ids"]).to_pydict()
+    position = {pid: i for i, pid in enumerate(products["id"])}
+    texts, relevant = [], []
+    for text, ids in zip(queries["text"], queries["relevant_ids"], strict=True):
+        rel = sorted(position[p] for p in ids if p in position)
+        if rel:
+            texts.append(text)
+            relevant.append(rel)
+    return EvalSet(split=split, products=products, queries=texts, query_relevant=relevant)
+
+
+def phrase(colour: str | None, article_type: str | None) -> str:
+    """The short attribute phrase of an image+text query: 'Navy Blue Shirts'."""
+    return " ".join(p for p in (colour, article_type) if p)
+
+
+def labels_of(values: list[str | None]) -> list[str]:
+    """The distinct non-empty values, sorted: the label set of a zero-shot field."""
+    return sorted({v for v in values if v})
+
+
+def build_requests(data: EvalSet, fields: tuple[str, ...]) -> tuple[pa.Table, dict[str, slice]]:
+    """The request table (row, image, text, degrade, product) and the slice of rows of each part."""
+    p = data.products
+    n = data.size
+    parts: list[tuple[str, list, list, list]] = [
+        ("product", p["image"], p["title"], [None] * n),
+        ("text_query", [None] * len(data.queries), data.queries, [None] * len(data.queries)),
+        ("image_degraded", p["image"], [None] * n, p["id"]),
+        ("image", p["image"], [None] * n, [None] * n),
+        ("image_text", p["image"], [phrase(c, a) or None for c, a in zip(p["colour"], p["article_type"], strict=True)],
+         p["id"]),
+    ]
+    for field in fields:
+        labels = labels_of(p[field])
+        parts.append((f"label/{field}", [None] * len(labels), labels, [None] * len(labels)))
+    slices: dict[str, slice] = {}
+    images, texts, keys = [], [], []
+    for name, im, tx, key in parts:
+        slices[name] = slice(len(images), len(images) + len(im))
+        images += im
+        texts += tx
+        keys += key
+    table = pa.table({"row": pa.array(range(len(images)), pa.int64()), "image": pa.array(images, pa.binary()),
+                      "text": pa.array(texts, pa.string()), "degrade": pa.array(keys, pa.string()),
+                      "product": pa.array([i < n for i in range(len(images))], pa.bool_())})
+    return table, slices
