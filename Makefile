@@ -10,7 +10,7 @@ venv:
 	@bash scripts/bootstrap.sh $(VENV)
 
 demo: venv
-	$(VENV)/bin/moon-ray preprocess $(ARGS)
+	$(VENV)/bin/moon-ray demo $(ARGS)
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -20,6 +20,11 @@ lint: venv
 
 bench: venv
 	$(PY) bench/preprocess.py
+	$(PY) bench/train_step.py
+	$(PY) bench/index.py
+	$(PY) bench/rollout.py
+	$(PY) bench/weight_sync.py
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf outputs .pytest_cache
