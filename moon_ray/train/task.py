@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from moon_ray.config import Config
-from moon_ray.losses.contrastive import gather_no_grad, gather_with_grad, identity_positives, matryoshka_info_nce, symmetric_info_nce
+from moon_ray.losses.contrastive import (
+    gather_no_grad,
+    gather_with_grad,
+    identity_positives,
+    matryoshka_info_nce,
+    symmetric_info_nce,
+)
 from moon_ray.train.augment import augment
 
 ATTRS = ("gender", "colour", "article_type", "brand")

@@ -11,8 +11,8 @@ import torch
 def write_tiny_lm(path: Path, seed: int = 0, scale: float = 1.0) -> Path:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from moon_ray.models.language import TINY_LLAMA, load_tokenizer
     from moon_ray.config import LMConfig
+    from moon_ray.models.language import TINY_LLAMA, load_tokenizer
 
     if (path / "config.json").exists():
         return path

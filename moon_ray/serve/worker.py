@@ -1,0 +1,232 @@
+"""The model in its own process beside the replica: `python -m moon_ray.serve.worker FD`.
+
+    worker = ModelWorker({"model": "frozen", "device": "cpu", "threads": 1, "batch_size": 32, "reasoning_tokens": 48})
+    worker.info                                   # {"name", "dim", "dimensions", "can_reason"}
+    vecs, tokens = worker.call("encode", images, texts)
+
+Why a process: a replica's event loops (Serve's and the ASGI app's) are Python threads. A model thread
+in the same process takes the GIL for every Python step of its forward pass, so the loops stall, requests
+reach the batch queue one or two at a time and the model runs tiny, inefficient batches (measured on
+2 CPUs: a mean batch of 2.4 items at 32 concurrent requests). In a child process the loops keep
+accepting requests while the model works, so the dynamic batches fill.
+
+The child is started with `subprocess` (not multiprocessing: a Ray worker's __main__ must not be
+re-imported) and talks over a socket pair with `multiprocessing.connection` framing (pickle). Calls are
+serialised by a lock. If the child dies (a crash, the OOM killer), the call in flight fails with
+`WorkerDied`, and a new child is started for the next call: the replica lives on. It exits by itself
+when the replica goes away (its end of the socket closes).
+
+Operations (run in the child on the encoder, `moon_ray.models.encoder.get_encoder(model)`):
+
+| op              | arguments        | result                                                       |
+| --------------- | ---------------- | ------------------------------------------------------------ |
+| encode          | images, texts    | (float32 (N, D) unit rows, tokens of each text)              |
+| encode_products | images, titles   | float32 (N, D): the catalog side                             |
+| reason          | images, texts    | (vectors with traces, traces, tokens of texts, tokens of traces) |
+
+Reasoning: the embedder's LM writes a trace for each input (`generate_reasoning`, greedy, at most
+`reasoning_tokens` new tokens), then the input is embedded with it:
+`model(pixels, texts, reasoning=[trace], modality, is_query=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections import defaultdict
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+
+from moon_ray.models.encoder import Encoder
+
+STARTUP_TIMEOUT_S = 900.0
+CALL_TIMEOUT_S = 600.0
+
+
+class WorkerDied(RuntimeError):
+    """The model process exited (or stopped answering) during a call; a new one serves the next call."""
+
+
+class ModelWorker:
+    """A child process holding the encoder; `call` runs one operation there."""
+
+    def __init__(self, spec: dict):
+        self.spec = dict(spec)
+        self.lock = threading.Lock()
+        self.info: dict = {}
+        self.proc: subprocess.Popen | None = None
+        self.conn: Connection | None = None
+        self._start()
+
+    def _start(self) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "moon_ray.serve.worker", str(child.fileno())],
+                                     pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env,
+                                     cwd=str(Path(__file__).resolve().parents[2]))
+        child.close()
+        self.conn = Connection(parent.detach())
+        self.conn.send(self.spec)
+        if not self.conn.poll(STARTUP_TIMEOUT_S):
+            self.close()
+            raise RuntimeError(f"the model process did not load {self.spec['model']!r} in {STARTUP_TIMEOUT_S:.0f} s")
+        try:
+            ok, value = self.conn.recv()
+        except EOFError:
+            code = self.proc.wait()
+            self.close()
+            raise RuntimeError(f"the model process exited ({code}) while loading {self.spec['model']!r}; "
+                               "see the replica's log") from None
+        if not ok:
+            self.close()
+            raise RuntimeError(f"the model process could not load {self.spec['model']!r}: {value[1]}")
+        self.info = value
+
+    def call(self, op: str, *args):
+        """Run `op(*args)` in the child; its ValueError comes back as ValueError, other errors as RuntimeError."""
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self._start()
+            try:
+                self.conn.send((op, args))
+                if not self.conn.poll(CALL_TIMEOUT_S):
+                    raise TimeoutError(f"no answer in {CALL_TIMEOUT_S:.0f} s")
+                ok, value = self.conn.recv()
+            except (EOFError, OSError, TimeoutError) as e:
+                code = self.proc.poll()
+                self.close()
+                raise WorkerDied(f"the model process stopped during {op!r} (exit code {code}: {e}); "
+                                 "it is restarted for the next request") from None
+        if ok:
+            return value
+        kind, message = value
+        raise (ValueError if kind == "ValueError" else RuntimeError)(message)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+class ProcessEncoder(Encoder):
+    """The `Encoder` interface over a ModelWorker (used to build the catalog index at replica start)."""
+
+    def __init__(self, worker: ModelWorker):
+        self.worker = worker
+        self.name = worker.info["name"]
+        self.dim = int(worker.info["dim"])
+
+    def encode(self, images, texts) -> np.ndarray:
+        return self.worker.call("encode", list(images), list(texts))[0]
+
+    def encode_products(self, images, titles) -> np.ndarray:
+        return self.worker.call("encode_products", list(images), list(titles))
+
+
+# ------------------------------------------------------------------------------------- the child
+def load(spec: dict):
+    from moon_ray.models.encoder import get_encoder
+
+    if spec["model"] == "frozen":
+        return get_encoder("frozen", device=spec["device"])
+    if Path(spec["model"]).is_dir():
+        return get_encoder(spec["model"], device=spec["device"], batch_size=spec["batch_size"])
+    return get_encoder(spec["model"])
+
+
+def describe(encoder) -> dict:
+    from moon_ray.serve.validation import allowed_dimensions
+
+    return {"name": encoder.name, "dim": int(encoder.dim), "dimensions": list(allowed_dimensions(encoder)),
+            "can_reason": moon_model(encoder) is not None}
+
+
+def moon_model(encoder):
+    """The MoonEmbedder of an exported model (it has an LM), else None."""
+    model = getattr(encoder, "model", None)
+    return model if hasattr(model, "lm") else None
+
+
+def tokenizer_of(encoder):
+    return getattr(encoder, "tokenizer", None) or getattr(moon_model(encoder), "tokenizer", None)
+
+
+def encode(encoder, images, texts):
+    from moon_ray.serve.validation import count_tokens
+
+    tok = tokenizer_of(encoder)
+    vecs = np.asarray(encoder.encode(images, texts), dtype=np.float32)
+    return vecs, [count_tokens(tok, [t]) if t else 0 for t in texts]
+
+
+def encode_products(encoder, images, titles):
+    return np.asarray(encoder.encode_products(images, titles), dtype=np.float32)
+
+
+def reason(encoder, images, texts, max_tokens: int, batch_size: int):
+    import torch
+
+    from moon_ray.rollout.prompts import generate_reasoning
+    from moon_ray.serve.validation import count_tokens
+
+    model = moon_model(encoder)
+    if model is None:
+        raise ValueError(f"model {encoder.name!r} has no language model to generate reasoning")
+    out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+    traces = [""] * len(texts)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, (image, text) in enumerate(zip(images, texts, strict=True)):
+        groups["multimodal" if image is not None and text else "image" if image is not None else "text"].append(i)
+    with torch.no_grad():
+        for kind, rows in groups.items():
+            for s in range(0, len(rows), batch_size):
+                chunk = rows[s : s + batch_size]
+                pixels = model.pixels([images[i] for i in chunk]) if kind != "text" else None
+                titles = [texts[i] for i in chunk]
+                found = generate_reasoning(model, pixels, titles, max_new_tokens=max_tokens)
+                emb = model(pixels=pixels, texts=titles if kind != "image" else None, reasoning=found,
+                            modality=kind, is_query=True)
+                out[chunk] = emb.embedding.float().cpu().numpy()
+                for i, trace in zip(chunk, found, strict=True):
+                    traces[i] = trace
+    tok = tokenizer_of(encoder)
+    return out, traces, [count_tokens(tok, [t]) if t else 0 for t in texts], [count_tokens(tok, [t]) for t in traces]
+
+
+def serve_forever(conn: Connection) -> None:
+    """The child's loop: load the encoder named in the first message, then answer (op, args) messages."""
+    spec = conn.recv()
+    try:
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+        encoder = load(spec)
+        conn.send((True, describe(encoder)))
+    except Exception as e:
+        conn.send((False, (type(e).__name__, f"{type(e).__name__}: {e}")))
+        return
+    ops = {"encode": encode, "encode_products": encode_products,
+           "reason": lambda enc, images, texts: reason(enc, images, texts, spec["reasoning_tokens"], spec["batch_size"])}
+    while True:
+        try:
+            op, args = conn.recv()
+        except (EOFError, OSError):
+            return  # the replica is gone
+        try:
+            conn.send((True, ops[op](encoder, *args)))
+        except Exception as e:
+            conn.send((False, (type(e).__name__, f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e))))
+
+
+if __name__ == "__main__":
+    serve_forever(Connection(int(sys.argv[1])))

@@ -1,0 +1,150 @@
+"""The pure pieces, without Serve: validation, output encoding, config plumbing, the Serve config file."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from moon_ray.config import ConfigError
+from moon_ray.serve.errors import ApiError
+from moon_ray.serve.schemas import InputItem
+from moon_ray.serve.validation import (
+    Limits,
+    check_dimensions,
+    count_tokens,
+    decode_image,
+    decode_vector,
+    encode_vector,
+    to_items,
+    truncate,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_truncate_matches_hand_derived_values():
+    vecs = np.array([[0.6, 0.0, 0.8, 0.0], [0.0, 0.3, 0.4, 0.866]], dtype=np.float32)
+    out = truncate(vecs, 2)
+    np.testing.assert_allclose(out, [[1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(truncate(vecs, 3)[1], [0.0, 0.6, 0.8], atol=1e-6)
+    assert truncate(vecs, None) is vecs
+
+
+def test_base64_vector_is_little_endian_float32():
+    vec = np.array([1.0, -2.5, 0.125], dtype=np.float32)
+    text = encode_vector(vec, "base64")
+    assert base64.b64decode(text) == struct.pack("<3f", 1.0, -2.5, 0.125)
+    np.testing.assert_array_equal(decode_vector(text), vec)
+    assert encode_vector(vec, "float") == [1.0, -2.5, 0.125]
+
+
+def test_dimensions_rules():
+    assert check_dimensions(None, 32, (16, 32), "m") is None
+    assert check_dimensions(32, 32, (16, 32), "m") is None
+    assert check_dimensions(16, 32, (16, 32), "m") == 16
+    with pytest.raises(ApiError, match="larger than the 32"):
+        check_dimensions(64, 32, (16, 32), "m")
+    with pytest.raises(ApiError, match="not allowed.*16, 32"):
+        check_dimensions(8, 32, (16, 32), "m")
+
+
+def test_images_as_base64_or_data_url(tmp_path):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(buf, format="PNG")
+    raw = buf.getvalue()
+    text = base64.b64encode(raw).decode()
+    assert decode_image(text, 10_000) == raw
+    assert decode_image("data:image/png;base64," + text[:10] + "\n" + text[10:], 10_000) == raw
+    with pytest.raises(ApiError, match="40x30 = 1200 pixels"):
+        decode_image(text, 1199)
+
+
+def test_items_limits_and_kinds():
+    limits = Limits(max_inputs=2, max_text_chars=5, max_image_pixels=100)
+    items = to_items([InputItem(text="hello")], limits)
+    assert items[0].kind == "text" and items[0].image is None
+    with pytest.raises(ApiError, match="too many inputs: 3"):
+        to_items([InputItem(text="a")] * 3, limits)
+    with pytest.raises(ApiError, match="input\\[1\\].text is 6 characters") as e:
+        to_items([InputItem(text="a"), InputItem(text="abcdef")], limits)
+    assert (e.value.status, e.value.param) == (400, "input[1].text")
+
+
+def test_token_counts():
+    assert count_tokens(None, ["two words", "", "three more words"]) == 5
+
+    class Chars:  # a stand-in tokenizer: one token per character
+        def __call__(self, texts, add_special_tokens):
+            assert add_special_tokens is False
+            return {"input_ids": [list(t) for t in texts]}
+
+    assert count_tokens(Chars(), ["abc", "de"]) == 5
+
+
+def test_builder_args_become_config(tmp_path):
+    from moon_ray.serve.app import config_from_args, deployment_options
+
+    cfg = config_from_args({"config": "pipelines/configs/default.yaml", "serve": {"port": 8123},
+                            "serve.max_inputs": "7", "overrides": ["serve.autoscaling=true", "ray.use_custom_resources=true"]})
+    assert (cfg.serve.port, cfg.serve.max_inputs, cfg.serve.autoscaling) == (8123, 7, True)
+    assert Path(cfg.data.output_dir).is_absolute()
+    opts = deployment_options(cfg)
+    assert opts["ray_actor_options"] == {"num_cpus": 1.0, "resources": {"moon_serve": 1.0}}
+    assert opts["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8.0}
+    assert opts["max_ongoing_requests"] >= cfg.serve.max_batch_size
+    with pytest.raises(ConfigError, match="serve.max_inputs must be >= 1"):
+        config_from_args({"overrides": "serve.max_inputs=0"})
+
+
+def test_serve_config_file_is_a_valid_serve_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    path = ROOT / "pipelines/configs/serve.yaml"
+    assert path.read_text().startswith("# serve run pipelines/configs/serve.yaml")
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    app = schema.applications[0]
+    assert app.import_path == "moon_ray.serve.app:build_app" and schema.http_options.host == "127.0.0.1"
+    from moon_ray.serve.app import config_from_args
+
+    assert config_from_args(app.args).serve.model == "frozen"
+    manifest = yaml.safe_load((ROOT / "cluster/kuberay-rayservice.yaml").read_text())
+    service = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]
+    assert service["import_path"] == app.import_path
+    assert config_from_args(service["args"]).ray.use_custom_resources
+
+
+def test_model_worker_restarts_after_its_process_dies(monkeypatch):
+    import os
+    import signal
+
+    from moon_ray.serve import worker as W
+
+    w = W.ModelWorker({"model": "random", "device": "cpu", "threads": 1, "batch_size": 8, "reasoning_tokens": 4})
+    try:
+        assert w.info == {"name": "random", "dim": 256, "dimensions": [256], "can_reason": False}
+        vecs, tokens = w.call("encode", [None, None], ["two words", "one"])
+        assert vecs.shape == (2, 256) and tokens == [2, 1]
+        with pytest.raises(ValueError, match="neither an image nor a text"):
+            w.call("encode", [None], [None])
+        first = w.proc.pid
+        w.proc.kill()
+        w.proc.wait()
+        again, _ = w.call("encode", [None, None], ["two words", "one"])  # a new process answers
+        np.testing.assert_array_equal(again, vecs)
+        assert w.proc.pid != first
+        monkeypatch.setattr(W, "CALL_TIMEOUT_S", 1.0)
+        os.kill(w.proc.pid, signal.SIGSTOP)  # hung: the call times out, the process is replaced
+        with pytest.raises(W.WorkerDied, match="restarted for the next request"):
+            w.call("encode", [None], ["x"])
+        assert w.call("encode", [None], ["x"])[0].shape == (1, 256)
+    finally:
+        w.close()
