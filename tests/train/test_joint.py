@@ -33,6 +33,12 @@ def joint_cfg(tiny_dir, *extra):
 
 
 @pytest.fixture(scope="module")
+def diverse_dir(tmp_path_factory):
+    """Flatter next-token distributions: sampled traces differ, so GRPO advantages are non-zero."""
+    return write_tiny_lm(tmp_path_factory.mktemp("tiny-lm-diverse"), seed=1, scale=2.0)
+
+
+@pytest.fixture(scope="module")
 def pool(ray_local, tiny_dir):
     handle = RolloutPool.remote("torch", {"model_dir": str(tiny_dir), "threads": 1}, 2, 0.25)
     yield handle
@@ -44,13 +50,19 @@ def test_split_evenly():
     assert [len(r) for r in split_evenly(2, 4)] == [1, 1]
 
 
-def test_joint_step_generates_rewards_and_updates(pool, tiny_dir):
-    cfg = joint_cfg(tiny_dir)
+def test_joint_step_generates_rewards_and_updates(ray_local, diverse_dir):
+    cfg = joint_cfg(diverse_dir, "rollout.max_tokens=8")
     model, temperature, opt, sched = build_training(cfg, torch.device("cpu"))
     batch = make_batch(rows(4), random.Random(0), 224)
-    rollouts = generate_phase(model, pool, batch, cfg, trainer_version=0, seed=1)
+    pool = RolloutPool.remote("torch", {"model_dir": str(diverse_dir), "threads": 1}, 1, 0.25)
+    try:
+        rollouts = generate_phase(model, pool, batch, cfg, trainer_version=0, seed=1)
+    finally:
+        ray.get(pool.shutdown.remote())
     assert [len(g) for g in rollouts.traces] == [3, 3, 3, 3]
     assert all(r.version == 0 and len(r.logprobs) == len(r.token_ids) > 0 for g in rollouts.traces for r in g)
+    texts = [[r.text for r in g] for g in rollouts.traces]
+    assert any(len(set(g)) > 1 for g in texts), texts  # diverse groups: non-zero advantages
     module = JointTrainingModule(model, temperature, cfg)
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
     metrics = train_step(module, opt, sched, batch, cfg, rollouts)
