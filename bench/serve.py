@@ -155,7 +155,11 @@ def free_port() -> int:
 def pooled(runs: list[dict]) -> dict:
     """Several runs as one: items and seconds summed, percentiles over every latency."""
     latencies = [x for r in runs for x in r["_latencies"]]
-    return stats(latencies, sum(r["items"] for r in runs), sum(r["seconds"] for r in runs))
+    out = stats(latencies, sum(r["items"] for r in runs), sum(r["seconds"] for r in runs))
+    extra = {k: runs[0][k] for k in ("batch", "concurrency", "inputs_per_request") if k in runs[0]}
+    if "errors" in runs[0]:
+        extra["errors"] = sum(r["errors"] for r in runs)
+    return dict(out, runs=len(runs), **extra)
 
 
 class Direct:

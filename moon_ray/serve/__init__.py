@@ -9,6 +9,7 @@
 | app.py        | the Serve deployment, the application builder `build_app`, `moon-ray serve` |
 | api.py        | the FastAPI routes: /v1/embeddings, /v1/search, /v1/models, /healthz        |
 | engine.py     | the model behind the routes: dynamic batching, reasoning, token counts      |
+| worker.py     | the model's own process beside the replica (no GIL shared with the loops)   |
 | search.py     | the catalog index: build from product shards, save, load, filtered search   |
 | schemas.py    | request models (pydantic, unknown fields refused)                           |
 | validation.py | inputs -> (image bytes, text) items; Matryoshka truncation; output encoding |

@@ -69,9 +69,10 @@ class MoonServe:
         return create_api(self.engine, self.index, self.scfg, self.api_key,
                           replica=serve.get_replica_context().replica_id.unique_id)
 
-
     def __del__(self):
-        self.engine.close()
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
 
 
 def worker_spec(cfg: Config) -> dict:

@@ -134,6 +134,10 @@ def check_dimensions(dimensions: int | None, dim: int, allowed: Sequence[int], m
     if dimensions > dim:
         raise ApiError(400, f"dimensions={dimensions} is larger than the {dim} dimensions of model {model!r}",
                        param="dimensions", code="invalid_dimensions")
+    if tuple(allowed) == (dim,):
+        raise ApiError(400, f"dimensions={dimensions} is not allowed for model {model!r}: it was not trained "
+                            f"with Matryoshka prefixes, so only its full {dim} dimensions are served",
+                       param="dimensions", code="invalid_dimensions")
     if dimensions not in allowed:
         raise ApiError(400, f"dimensions={dimensions} is not allowed for model {model!r}: its embeddings are "
                             f"trained at {', '.join(map(str, allowed))} (Matryoshka prefixes)",

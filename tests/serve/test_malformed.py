@@ -46,7 +46,7 @@ def cases(jpeg: bytes) -> dict[str, tuple]:
         "dimensions a string": ("POST", emb, {**OK, "dimensions": "16"}, 400, "dimensions"),
         "dimensions zero": ("POST", emb, {**OK, "dimensions": 0}, 400, "greater than or equal to 1"),
         "dimensions too large": ("POST", emb, {**OK, "dimensions": 4096}, 400, "larger than the 1664"),
-        "dimensions not trained": ("POST", emb, {**OK, "dimensions": 16}, 400, "not allowed"),
+        "dimensions not trained": ("POST", emb, {**OK, "dimensions": 16}, 400, "only its full 1664 dimensions"),
         "encoding format": ("POST", emb, {**OK, "encoding_format": "float16"}, 400, "encoding_format"),
         "unknown field": ("POST", emb, {**OK, "temperature": 1}, 400, "temperature: unknown field"),
         "unknown item field": ("POST", emb, {**OK, "input": [{"text": "a", "url": "x"}]}, 400,

@@ -51,6 +51,8 @@ def test_dimensions_rules():
         check_dimensions(64, 32, (16, 32), "m")
     with pytest.raises(ApiError, match="not allowed.*16, 32"):
         check_dimensions(8, 32, (16, 32), "m")
+    with pytest.raises(ApiError, match="only its full 32 dimensions"):
+        check_dimensions(16, 32, (32,), "m")
 
 
 def test_images_as_base64_or_data_url(tmp_path):
