@@ -203,6 +203,8 @@ class ModelConfig:
     fusion_heads: int = opt(4, "Fusion heads.")
     residual: bool = opt(True, "MOON3.0 fine-grained residual enhancement of visual tokens in LM layers.")
     residual_every: int = opt(4, "Inject projected patch features after every N-th decoder layer.")
+    visual_skip: bool = opt(True, "Add the image's global tower feature to the embedding through a "
+                            "zero-initialised linear map (keeps fine image detail for image search).")
     moe: bool = opt(True, "MOON2.0 modality-driven MoE embedding head.")
     moe_experts: int = opt(4, "MoE experts.")
     moe_top_k: int = opt(2, "Experts used per input.")
@@ -234,7 +236,7 @@ class TrainConfig:
     learn_temperature: bool = opt(True, "Learn the temperature (log-parametrised).")
     hard_negative_weight: float = opt(2.0, "Weight (beta) of same-category in-batch negatives (1: plain InfoNCE).")
     text_weight: float = opt(1.0, "Weight of text->product InfoNCE.")
-    image_weight: float = opt(1.0, "Weight of image->product InfoNCE (augmented view of the product image).")
+    image_weight: float = opt(1.5, "Weight of image->product InfoNCE (augmented view of the product image).")
     multimodal_weight: float = opt(1.0, "Weight of image+text->product InfoNCE.")
     align_weight: float = opt(0.5, "Weight of intra-product image<->title InfoNCE (0 skips its forward pass).")
     checkpoint_every: int = opt(60, "Save a checkpoint every N steps (and at the end).")

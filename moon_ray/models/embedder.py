@@ -1,5 +1,6 @@
 """The composed MOON embedder: vision tower -> projector -> LM (LoRA, residual enhancement) -> pooling
--> multi-head modality fusion -> MoE head -> L2-normalised embedding (Matryoshka prefixes).
+-> multi-head modality fusion -> MoE head (+ visual skip) -> L2-normalised embedding (Matryoshka
+prefixes).
 
     model = MoonEmbedder(cfg.model)
     out = model(pixels=x, texts=titles, reasoning=traces, modality="multimodal")   # a product
@@ -8,6 +9,11 @@
 
 Input sequence: [visual tokens (1 global + pool_grid² patches)] [prefix + title/query tokens]
 [reasoning tokens]. Every module can be switched off in `ModelConfig` (ablations).
+
+The visual skip (`model.visual_skip`) is the residual idea applied at the output: the tower's global
+image feature, layer-normed, goes through a zero-initialised linear map straight into the embedding
+of every input that has an image. The 3x3+1 visual tokens the LM sees are a coarse summary; the skip
+keeps the full 1280-d descriptor that near-duplicate image retrieval depends on, and starts as a no-op.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class MoonEmbedder(nn.Module):
             self.head = ModalityMoE(hidden, cfg.embed_dim, cfg.moe_experts, cfg.moe_top_k)
         else:
             self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, cfg.embed_dim))
+        self.visual_skip = VisualSkip(self.tower.feature_dim, cfg.embed_dim) if cfg.visual_skip else None
 
     # ------------------------------------------------------------------------------------ inputs
     @property
@@ -68,13 +75,17 @@ class MoonEmbedder(nn.Module):
 
     def visual_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> projected visual tokens (B, 1 + g², H)."""
+        return self.projector(self.visual_features(pixels))
+
+    def visual_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> pooled tower features (B, 1 + g², C): the global token first, then the grid."""
         if self.cfg.vision.trainable:
             grid = self.tower(pixels)
         else:
             self.tower.eval()
             with torch.no_grad():
                 grid = self.tower(pixels)
-        return self.projector(pool_patches(grid, self.cfg.vision.pool_grid))
+        return pool_patches(grid, self.cfg.vision.pool_grid)
 
     def text_tokens(self, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (B, L, H) and mask (B, L) of texts (no special tokens)."""
@@ -92,9 +103,10 @@ class MoonEmbedder(nn.Module):
                 reasoning: list[str] | None = None, modality: str = "multimodal",
                 is_query: bool = False) -> EmbedOutput:
         segments: list[tuple[torch.Tensor, torch.Tensor]] = []
-        vis = None
+        vis = feats = None
         if pixels is not None:
-            vis = self.visual_tokens(pixels)
+            feats = self.visual_features(pixels)
+            vis = self.projector(feats)
             segments.append((vis, torch.ones(vis.shape[:2], dtype=torch.long, device=vis.device)))
         if texts is not None:
             prefix = self.cfg.lm.query_prefix if is_query else self.cfg.lm.product_prefix
@@ -116,6 +128,8 @@ class MoonEmbedder(nn.Module):
             y, aux, _ = self.head(pooled, MODALITIES[modality])
         else:
             y, aux = self.head(pooled), pooled.new_zeros(())
+        if self.visual_skip is not None and feats is not None:
+            y = y + self.visual_skip(feats[:, 0])
         return EmbedOutput(embedding=F.normalize(y, dim=-1), raw=y, aux_loss=aux)
 
     def _decode(self, embeds: torch.Tensor, mask: torch.Tensor, vis: torch.Tensor | None) -> torch.Tensor:
@@ -132,6 +146,19 @@ class MoonEmbedder(nn.Module):
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+
+class VisualSkip(nn.Module):
+    """(B, C) global image feature -> (B, D) added to the embedding; zero at initialisation."""
+
+    def __init__(self, feature_dim: int, embed_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(feature_dim)
+        self.proj = nn.Linear(feature_dim, embed_dim, bias=False)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(feature))
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

@@ -28,6 +28,10 @@ from moon_ray.train.augment import augment
 ATTRS = ("gender", "colour", "article_type", "brand")
 # probability that a text query names each attribute (article type always)
 QUERY_ATTR_PROB = {"gender": 0.8, "colour": 0.8, "article_type": 1.0, "brand": 0.25}
+# share of text queries that name a single attribute ("Navy Blue", "Watches", "Women"): broad queries
+# whose positives are every in-batch product with that value, as a zero-shot label prompt expects
+SINGLE_ATTR_QUERY_P = 0.2
+SINGLE_ATTRS = ("colour", "article_type", "gender")
 
 
 @dataclass
@@ -52,7 +56,11 @@ def make_batch(rows: dict[str, np.ndarray], rng: random.Random, image_size: int)
     texts, used, phrases = [], [], []
     for i in range(n):
         attrs = {a: rows[a][i] for a in ATTRS}
-        names = [a for a in ATTRS if attrs[a] and rng.random() < QUERY_ATTR_PROB[a]]
+        single = [a for a in SINGLE_ATTRS if attrs[a]]
+        if single and rng.random() < SINGLE_ATTR_QUERY_P:
+            names = [rng.choice(single)]
+        else:
+            names = [a for a in ATTRS if attrs[a] and rng.random() < QUERY_ATTR_PROB[a]]
         order = [a for a in ("brand", "gender", "colour", "article_type") if a in names]
         texts.append(" ".join(str(attrs[a]) for a in order))
         used.append([a in names for a in ATTRS])

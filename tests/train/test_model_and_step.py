@@ -39,7 +39,8 @@ def rows(n=4):
 
 @pytest.mark.parametrize("switches", [[], ["model.fusion=false"], ["model.residual=false"], ["model.moe=false"],
                                       ["model.fusion=false", "model.residual=false", "model.moe=false"],
-                                      ["model.pooling=last"], ["model.lm.lora.enabled=false"]])
+                                      ["model.visual_skip=false"], ["model.pooling=last"],
+                                      ["model.lm.lora.enabled=false"]])
 def test_every_switch_builds_and_runs(switches):
     model = MoonEmbedder(tiny_cfg(*switches).model)
     x = torch.randn(2, 3, 224, 224)
@@ -50,6 +51,21 @@ def test_every_switch_builds_and_runs(switches):
         assert torch.allclose(out.embedding.norm(dim=-1), torch.ones(out.embedding.shape[0]), atol=1e-5)
     assert (model.fusion is None) == ("model.fusion=false" in switches)
     assert (model.residual is None) == ("model.residual=false" in switches)
+    assert (model.visual_skip is None) == ("model.visual_skip=false" in switches)
+
+
+def test_visual_skip_starts_as_a_no_op_and_only_touches_inputs_with_images():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 224, 224)
+    on, off = MoonEmbedder(tiny_cfg().model), MoonEmbedder(tiny_cfg("model.visual_skip=false").model)
+    off.load_state_dict({k: v for k, v in on.state_dict().items() if not k.startswith("visual_skip.")})
+    on.eval(), off.eval()
+    assert torch.allclose(on(pixels=x, texts=["a", "b"]).raw, off(pixels=x, texts=["a", "b"]).raw, atol=1e-6)
+    with torch.no_grad():
+        on.visual_skip.proj.weight.normal_()
+    assert not torch.allclose(on(pixels=x, modality="image").raw, off(pixels=x, modality="image").raw, atol=1e-3)
+    q = dict(texts=["q"], is_query=True, modality="text")
+    assert torch.allclose(on(**q).raw, off(**q).raw, atol=1e-6)
 
 
 def test_frozen_parts_stay_frozen_and_trainable_parts_move():
@@ -67,6 +83,7 @@ def test_frozen_parts_stay_frozen_and_trainable_parts_move():
     moved = [n for n in trainable if not torch.equal(trainable[n], after[n])]
     assert any("lora_B" in n for n in moved) and any(n.startswith("projector.") for n in moved)
     assert any(n.startswith("fusion.") for n in moved) and any(n.startswith("head.") for n in moved)
+    assert any(n.startswith("visual_skip.proj") for n in moved)
 
 
 def test_loss_falls_when_overfitting_a_fixed_batch():
