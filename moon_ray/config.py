@@ -242,6 +242,8 @@ class TrainConfig:
     checkpoint_every: int = opt(60, "Save a checkpoint every N steps (and at the end).")
     keep_checkpoints: int = opt(2, "Checkpoints kept by Ray Train.")
     resume: bool = opt(True, "Resume from the latest checkpoint in output_dir when there is one.")
+    init_from: str | None = opt(None, "Start from the trainable weights of this checkpoint or export "
+                                "directory (step 0, fresh optimizer); a resumable run in output_dir wins.")
     log_every: int = opt(10, "Report metrics every N steps.")
     seed: int = opt(0, "Random seed.")
     limit: int | None = opt(None, "Use at most N training products (None: the whole train split).")

@@ -10,6 +10,7 @@ checkpoint there, and exports the final model to train.output_dir/export.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -19,6 +20,7 @@ import ray
 
 from moon_ray import resources
 from moon_ray.config import Config, to_dict
+from moon_ray.configlib import ConfigError
 from moon_ray.runtime import init_ray
 from moon_ray.train.checkpoint import latest_checkpoint
 from moon_ray.train.worker import BATCH_COLUMNS, train_loop_per_worker
@@ -44,8 +46,19 @@ def train_dataset(cfg: Config):
     return ds
 
 
+def _resolve_init_from(cfg: Config) -> Config:
+    """Check `train.init_from` on the driver and make it absolute (workers may run elsewhere)."""
+    if not cfg.train.init_from:
+        return cfg
+    path = Path(cfg.train.init_from).resolve()
+    if not (path / "trainable.safetensors").is_file():
+        raise ConfigError(f"train.init_from: {path} has no trainable.safetensors (not a checkpoint or export)")
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=str(path)))
+
+
 def run_train(cfg: Config) -> dict:
     """Train, checkpoint, export; returns a summary (also written to train.output_dir/summary.json)."""
+    cfg = _resolve_init_from(cfg)
     init_ray(cfg.ray)
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -78,7 +91,8 @@ def run_train(cfg: Config) -> dict:
     from moon_ray.models.export import export_model
 
     export = export_model(final, out / "export")
-    summary = {"steps": cfg.train.steps, "resumed_from_step": start, "checkpoint": str(final), "export": str(export),
+    summary = {"steps": cfg.train.steps, "resumed_from_step": start, "init_from": cfg.train.init_from,
+               "checkpoint": str(final), "export": str(export),
                "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
                "history": ray.get(progress.history.remote()), "seconds": round(time.perf_counter() - t0, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

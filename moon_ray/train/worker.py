@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from moon_ray.config import Config, build
-from moon_ray.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from moon_ray.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint
 from moon_ray.train.joint import JointTrainingModule, generate_phase, sync_phase
 from moon_ray.train.task import Temperature, TrainingModule, make_batch
 
@@ -79,11 +79,14 @@ def train_loop_per_worker(config: dict) -> None:
     device = get_device()
     model, temperature, optimizer, scheduler = build_training(cfg, device)
     step = _restore(config.get("resume_from"), model, temperature, optimizer, scheduler)
+    initialised = step == 0 and bool(cfg.train.init_from)
+    if initialised:
+        load_trainable(Path(cfg.train.init_from), model, temperature)
     pool = config.get("rollout_pool") if cfg.rollout.enabled else None
     step_module = JointTrainingModule(model, temperature, cfg) if pool is not None else TrainingModule(model, temperature, cfg)
     if ctx.get_world_size() > 1:
         step_module = prepare_model(step_module, parallel_strategy_kwargs={"find_unused_parameters": True})
-    if pool is not None and rank == 0 and step > 0:  # resumed: the actors still hold the base weights
+    if pool is not None and rank == 0 and (step > 0 or initialised):  # the actors still hold the base weights
         sync_phase(model, pool, step, cfg.rollout.sync_mode)
     writer = _tensorboard(cfg) if rank == 0 else None
     progress = config.get("progress")

@@ -12,7 +12,7 @@ from moon_ray.config import load_config
 from moon_ray.models.embedder import MoonEmbedder
 from moon_ray.models.moe import routing_aux_loss
 from moon_ray.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from moon_ray.train.task import TrainingModule, make_batch, text_positives
+from moon_ray.train.task import ATTRS, TrainingModule, make_batch, text_positives
 from moon_ray.train.worker import build_training, lr_lambda, train_step
 from tests.catalog.fixtures import image_bytes
 
@@ -120,3 +120,16 @@ def test_text_positives_and_schedule_and_moe_aux():
     assert routing_aux_loss(torch.full((4, 4), 0.25)).item() == pytest.approx(0.0, abs=1e-6)
     assert routing_aux_loss(torch.eye(4)).item() == pytest.approx(-1.0, abs=1e-4)
     assert routing_aux_loss(torch.tensor([[1.0, 0, 0, 0]] * 4)).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_text_queries_name_their_attributes_and_some_name_just_one():
+    data = rows(12)
+    batch = make_batch(data, random.Random(3), 64)
+    many = [make_batch(data, random.Random(s), 64) for s in range(20)]
+    singles = 0
+    for b in [batch, *many]:
+        for i, (text, used) in enumerate(zip(b.text_queries, b.query_attrs.tolist(), strict=True)):
+            named = [a for a, u in zip(ATTRS, used, strict=True) if u]
+            assert text == " ".join(str(data[a][i]) for a in ("brand", "gender", "colour", "article_type") if a in named)
+            singles += len(named) == 1 and named[0] != "article_type"
+    assert 0 < singles < 12 * 21 / 2  # colour-only / gender-only queries exist, and are the minority
