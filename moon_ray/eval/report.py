@@ -27,9 +27,13 @@ PRIMARY = "text/nDCG@10"
 
 
 def model_slug(model: str) -> str:
-    """The result-directory name of a model: a baseline's name, or an exported directory's name."""
+    """The result-directory name of a model: a baseline's name, or an exported directory's name (its
+    run directory's name for `<run>/export`, so two runs' exports do not overwrite each other)."""
     path = Path(model)
-    name = path.resolve().name if path.is_dir() else model
+    name = model
+    if path.is_dir():
+        path = path.resolve()
+        name = path.parent.name if path.name == "export" and path.parent.name else path.name
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
 
 

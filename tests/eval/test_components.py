@@ -114,3 +114,14 @@ def test_frozen_text_similarity_is_semantic(frozen):
     blue, red = product_image((20, 40, 160)), product_image((200, 30, 30))
     a, b, c = frozen.encode([blue, degrade(blue, 0, "x"), red], [None] * 3)
     assert a @ b > 0.5 and a @ c > 0.5  # the EfficientNet space: unit vectors, high cosine for similar shapes
+
+
+def test_model_slug_names_exports_after_their_run(tmp_path):
+    from moon_ray.eval.report import model_slug
+
+    for run in ("joint", "contrastive"):
+        (tmp_path / run / "export").mkdir(parents=True)
+    assert model_slug("frozen") == "frozen"
+    assert model_slug(str(tmp_path / "joint" / "export")) == "joint"
+    assert model_slug(str(tmp_path / "contrastive" / "export")) == "contrastive"
+    assert model_slug(str(tmp_path / "joint")) == "joint"
