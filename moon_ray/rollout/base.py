@@ -57,8 +57,15 @@ class RolloutEngine(abc.ABC):
     def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Load (name, tensor) pairs (Hugging Face causal-LM names) and set the policy version."""
 
+    def update_adapter(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Load LoRA tensors ('<weight name>::A', A), ('::B', B·scale) into live adapters, no merge.
+        Engines that hold unmerged adapters set `supports_adapter`; the others get merged weights."""
+        raise NotImplementedError(f"{type(self).__name__} does not hold LoRA adapters")
+
+    supports_adapter: bool = False
+
     def info(self) -> dict:
-        return {"engine": type(self).__name__, "version": self.version}
+        return {"engine": type(self).__name__, "version": self.version, "adapter": self.supports_adapter}
 
 
 def register_engine(name: str, target: str) -> None:

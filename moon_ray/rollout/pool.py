@@ -35,6 +35,12 @@ class RolloutWorker:
         return self.engine.generate(prompts, sampling)
 
     def update_weights(self, payload: list, version: int, mode: str = "merged") -> int:
+        from moon_ray.weight_sync.object_store import from_wire
+
+        payload = from_wire(payload)
+        if mode == "adapter" and self.engine.supports_adapter:  # unmerged adapters: copy A/B, no merge
+            self.engine.update_adapter(iter(payload), version)
+            return version
         items = payload
         if mode == "adapter":
             items = list(merge_adapter(self._base_weights([n for n, _ in payload]), dict(payload)))

@@ -1,5 +1,10 @@
 """The plain-transformers rollout engine: HF `generate` from `inputs_embeds`. The fallback backend and
-the reference for the vLLM benchmark."""
+the reference for the vLLM benchmark.
+
+With `lora={"r", "alpha", "targets"}` the model carries unmerged PEFT LoRA adapters (B = 0 at start,
+so it begins as the base model): an adapter-only sync copies the trainer's A/B matrices into them
+(tens of MB, no merge), and a merged sync loads the base matrices and zeroes the adapters.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,19 @@ from moon_ray.rollout.base import Rollout, RolloutEngine, SamplingConfig
 
 
 class TorchEngine(RolloutEngine):
-    def __init__(self, model_dir: str, threads: int | None = None, dtype: str = "float32", batch_size: int = 16):
+    def __init__(self, model_dir: str, threads: int | None = None, dtype: str = "float32", batch_size: int = 16,
+                 lora: dict | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
             torch.set_num_threads(threads)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+        self.supports_adapter = bool(lora)
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            self.model = get_peft_model(self.model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=0.0,
+                                                               target_modules=list(lora["targets"]))).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.batch_size = batch_size
@@ -60,7 +72,7 @@ class TorchEngine(RolloutEngine):
         return groups
 
     def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
-        params = dict(self.model.named_parameters())
+        params = {_hf_name(n): p for n, p in self.model.named_parameters() if "lora_" not in n}
         loaded = 0
         with torch.no_grad():
             for name, tensor in weights:
@@ -68,6 +80,40 @@ class TorchEngine(RolloutEngine):
                     raise KeyError(f"weight {name!r} is not a parameter of the rollout model")
                 params[name].copy_(tensor.to(params[name].dtype))
                 loaded += 1
+            if loaded and self.supports_adapter:  # merged weights already hold the adapters' delta
+                for layer in _lora_modules(self.model).values():
+                    layer.lora_B["default"].weight.zero_()
         if loaded == 0:
             raise ValueError("update_weights received no tensors")
         self.version = version
+
+    def update_adapter(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        if not self.supports_adapter:
+            return super().update_adapter(weights, version)
+        layers = _lora_modules(self.model)
+        loaded = 0
+        with torch.no_grad():
+            for key, tensor in weights:
+                name, _, part = key.rpartition("::")
+                if name not in layers or part not in ("A", "B"):
+                    raise KeyError(f"adapter tensor {key!r} matches no LoRA layer of the rollout model")
+                layer = layers[name]
+                if part == "A":
+                    layer.lora_A["default"].weight.copy_(tensor)
+                else:  # B arrives pre-scaled (merge is W + B @ A); PEFT applies `scaling` itself
+                    layer.lora_B["default"].weight.copy_(tensor / layer.scaling["default"])
+                loaded += 1
+        if loaded == 0:
+            raise ValueError("update_adapter received no tensors")
+        self.version = version
+
+
+def _hf_name(name: str) -> str:
+    """PEFT parameter name -> the Hugging Face causal-LM name (`base_model.model.` and `.base_layer` gone)."""
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+
+
+def _lora_modules(model) -> dict:
+    """'<HF weight name>' -> PEFT LoRA layer."""
+    return {f"{_hf_name(n)}.weight": m for n, m in model.named_modules()
+            if hasattr(m, "lora_A") and hasattr(m, "base_layer") and "default" in m.lora_A}

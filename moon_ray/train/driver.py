@@ -107,6 +107,9 @@ def start_rollout_pool(cfg: Config):
     r = cfg.rollout
     model_dir = cfg.model.lm.path or str(smollm2_dir())
     kwargs = {"model_dir": model_dir, "threads": r.threads}
+    lora = cfg.model.lm.lora
+    if r.engine == "torch" and r.sync_mode == "adapter" and lora.enabled:  # actors hold unmerged adapters
+        kwargs["lora"] = {"r": lora.r, "alpha": lora.alpha, "targets": list(lora.targets)}
     if r.engine == "vllm":
         kwargs.update(max_model_len=r.max_model_len, seed=cfg.train.seed)
     return RolloutPool.options(name=None).remote(r.engine, kwargs, r.num_workers, r.cpus_per_worker,

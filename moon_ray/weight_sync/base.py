@@ -54,5 +54,6 @@ def merge_adapter(base: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor
             yield name, base[name] + adapter[f"{name}::B"] @ adapter[key]
 
 
-def payload_bytes(items: list[tuple[str, torch.Tensor]]) -> int:
-    return sum(t.numel() * t.element_size() for _, t in items)
+def payload_bytes(items: list) -> int:
+    """Bytes of (name, tensor or numpy array) pairs."""
+    return sum(t.nbytes if hasattr(t, "nbytes") else t.numel() * t.element_size() for _, t in items)

@@ -1,20 +1,41 @@
-"""Object-store broadcast (CPU): the trainer puts the payload once; every rollout actor pulls it."""
+"""Object-store broadcast (CPU): the trainer puts the payload once; every rollout actor pulls it.
+
+The payload travels as (name, numpy array) pairs: Ray deserialises numpy arrays zero-copy from shared
+memory, so an actor reads the weights in place (`from_wire`) instead of unpickling its own copy of
+every tensor; only the final copy into the engine's parameters touches the bytes.
+"""
 
 from __future__ import annotations
 
 import time
+import warnings
 
+import numpy as np
+import torch
 from torch import nn
 
 from moon_ray.weight_sync.base import adapter_weights, merged_weights, payload_bytes
 
 
-def make_payload(lm: nn.Module, mode: str) -> list:
+def make_payload(lm: nn.Module, mode: str) -> list[tuple[str, np.ndarray]]:
     if mode == "merged":
-        return list(merged_weights(lm))
+        return to_wire(merged_weights(lm))
     if mode == "adapter":
-        return list(adapter_weights(lm))
+        return to_wire(adapter_weights(lm))
     raise ValueError(f"weight sync mode must be merged or adapter, got {mode!r}")
+
+
+def to_wire(items) -> list[tuple[str, np.ndarray]]:
+    """(name, tensor) -> (name, contiguous numpy array) for a zero-copy `ray.put`."""
+    return [(name, t.detach().cpu().contiguous().numpy()) for name, t in items]
+
+
+def from_wire(payload: list) -> list[tuple[str, torch.Tensor]]:
+    """The inverse, without copying: tensors viewing the (read-only) object-store buffers. Callers only
+    read them (copy_ into parameters, or matmul)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable"
+        return [(name, torch.from_numpy(a) if isinstance(a, np.ndarray) else a) for name, a in payload]
 
 
 def broadcast(lm: nn.Module, actors: list, version: int, mode: str = "merged") -> dict:

@@ -124,3 +124,31 @@ def test_joint_training_on_ray_train(real_slice, tiny_dir, tmp_path):
         assert key in history[-1], key
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 2
     assert (tmp_path / "export" / "trainable.safetensors").exists()
+
+
+def test_adapter_sync_into_unmerged_lora_matches_merged_weights(tiny_dir):
+    """A torch engine holding PEFT adapters takes the A/B matrices as they are (no merge) and computes
+    what an engine loaded with the merged weights computes; a later merged sync zeroes its adapters."""
+    from moon_ray.rollout.torch_engine import TorchEngine
+    from moon_ray.weight_sync.base import adapter_weights, merged_weights
+
+    cfg = joint_cfg(tiny_dir)
+    model, *_ = build_training(cfg, torch.device("cpu"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    lora = cfg.model.lm.lora
+    live = TorchEngine(str(tiny_dir), threads=1, lora={"r": lora.r, "alpha": lora.alpha, "targets": lora.targets})
+    merged = TorchEngine(str(tiny_dir), threads=1)
+    x = torch.randn(2, 5, 128)
+    base = live.model(inputs_embeds=x).logits
+    live.update_adapter(adapter_weights(model.lm), version=3)
+    merged.update_weights(merged_weights(model.lm), version=3)
+    want = merged.model(inputs_embeds=x).logits
+    assert not torch.allclose(base, want, atol=1e-3)
+    assert torch.allclose(live.model(inputs_embeds=x).logits, want, atol=1e-4) and live.version == 3
+    live.update_weights(merged_weights(model.lm), version=4)  # merged into the base matrices, adapters zeroed
+    assert torch.allclose(live.model(inputs_embeds=x).logits, want, atol=1e-4)
+    with pytest.raises(KeyError, match="no LoRA layer"):
+        live.update_adapter(iter([("model.nope.weight::A", torch.zeros(1))]), version=5)
