@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path("outputs/joint-vs-contrastive"))
     parser.add_argument("--skip-train", action="store_true", help="re-evaluate existing runs under --out")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep an arm whose run under --out already finished --steps (train only the others)")
     parser.add_argument("--results", type=Path, nargs="*", default=[],
                         help="existing eval result directories to put in the table instead of re-evaluating "
                              "the frozen baseline and the start model (same split)")
@@ -81,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("contrastive", "joint"):
         cfg = arm_config(name, args, args.overrides)
         t = time.perf_counter()
-        run = json.loads((args.out / name / "summary.json").read_text()) if args.skip_train else run_train(cfg)
-        summary["seconds"][f"train_{name}"] = round(time.perf_counter() - t, 1) if not args.skip_train else run["seconds"]
+        done = args.out / name / "summary.json"
+        keep = args.skip_train or (args.reuse and done.exists() and json.loads(done.read_text()).get("steps") == args.steps)
+        run = json.loads(done.read_text()) if keep else run_train(cfg)
+        summary["seconds"][f"train_{name}"] = run["seconds"] if keep else round(time.perf_counter() - t, 1)
         summary["history"][name] = run["history"]
     dirs = list(args.results)
     models = [] if args.results else ["frozen", str(args.init)]

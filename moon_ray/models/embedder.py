@@ -26,7 +26,7 @@ from torch import nn
 
 from moon_ray.config import ModelConfig
 from moon_ray.models.fusion import ModalityFusion
-from moon_ray.models.language import decoder, decoder_layers, first_layers, load_language_model
+from moon_ray.models.language import causal_lm, decoder, decoder_layers, first_layers, load_language_model
 from moon_ray.models.moe import MODALITIES, ModalityMoE
 from moon_ray.models.projector import Projector
 from moon_ray.models.residual import ResidualEnhancer
@@ -143,6 +143,18 @@ class MoonEmbedder(nn.Module):
             if self.residual is not None:
                 self.residual.set_patches(None)
         return out.last_hidden_state
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute LM layer activations in backward (non-reentrant: inputs_embeds, PEFT and DDP work).
+
+        Layers carrying a residual-enhancement hook stay un-checkpointed: the hook reads patches set for
+        the current forward pass, which are gone when the backward pass would recompute it.
+        """
+        causal_lm(self.lm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.residual is not None:
+            layers = decoder_layers(self.lm)
+            for idx in self.residual.layer_ids:
+                layers[idx].gradient_checkpointing = False
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]

@@ -46,6 +46,16 @@ def train_dataset(cfg: Config):
     return ds
 
 
+# glibc keeps freed blocks under its dynamic mmap threshold in a fragmented heap: a joint step's
+# transient activations then stay resident (measured peak RSS 7.2 GB vs 3.0 GB with these).
+RELEASE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"}
+
+
+def worker_env(cfg: Config) -> dict:
+    """Runtime env of the Ray Train workers (merged into the job's)."""
+    return {"env_vars": dict(RELEASE_MEMORY_ENV)} if cfg.train.release_memory else {}
+
+
 def _resolve_init_from(cfg: Config) -> Config:
     """Check `train.init_from` on the driver and make it absolute (workers may run elsewhere)."""
     if not cfg.train.init_from:
@@ -76,7 +86,8 @@ def run_train(cfg: Config) -> dict:
                            "progress": progress, "rollout_pool": pool},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=worker_resources),
         run_config=RunConfig(name="run", storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                             worker_runtime_env=worker_env(cfg)),
         datasets={"train": train_dataset(cfg)},
     )
     start = json.loads((resume_from / "moon_state.json").read_text())["step"] if resume_from else 0

@@ -42,6 +42,8 @@ def build_training(cfg: Config, device: torch.device):
 
     torch.manual_seed(cfg.train.seed)
     model = MoonEmbedder(cfg.model, seed=cfg.train.seed).to(device)
+    if cfg.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     temperature = Temperature(cfg.train.temperature, cfg.train.learn_temperature).to(device)
     params = [p for p in model.parameters() if p.requires_grad] + [p for p in temperature.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)

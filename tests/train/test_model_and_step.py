@@ -10,6 +10,7 @@ import torch
 
 from moon_ray.config import load_config
 from moon_ray.models.embedder import MoonEmbedder
+from moon_ray.models.language import decoder_layers
 from moon_ray.models.moe import routing_aux_loss
 from moon_ray.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from moon_ray.train.task import ATTRS, TrainingModule, make_batch, text_positives
@@ -133,3 +134,21 @@ def test_text_queries_name_their_attributes_and_some_name_just_one():
             assert text == " ".join(str(data[a][i]) for a in ("brand", "gender", "colour", "article_type") if a in named)
             singles += len(named) == 1 and named[0] != "article_type"
     assert 0 < singles < 12 * 21 / 2  # colour-only / gender-only queries exist, and are the minority
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x = torch.randn(2, 3, 224, 224)
+    grads = []
+    for flag in ("false", "true"):
+        model = build_training(tiny_cfg("model.lm.lora.dropout=0", f"train.gradient_checkpointing={flag}"),
+                               torch.device("cpu"))[0].train()
+        torch.manual_seed(0)
+        out = model(pixels=x, texts=["Brand0 Men Red Shirt", "Brand1 Women Blue Dress"], reasoning=["red cotton", ""])
+        (out.embedding * torch.linspace(-1, 1, out.embedding.shape[1])).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("lora_A" in n for n in grads[0])
+    for n, g in grads[0].items():
+        assert torch.allclose(g, grads[1][n], atol=1e-5, rtol=1e-4), n
+    model = build_training(tiny_cfg("train.gradient_checkpointing=true"), torch.device("cpu"))[0]
+    flags = [layer.gradient_checkpointing for layer in decoder_layers(model.lm)]
+    assert any(flags) and not all(flags)  # layers with a residual hook are left out
