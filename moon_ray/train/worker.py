@@ -41,7 +41,8 @@ def build_training(cfg: Config, device: torch.device):
     from moon_ray.models.embedder import MoonEmbedder
 
     torch.manual_seed(cfg.train.seed)
-    model = MoonEmbedder(cfg.model, seed=cfg.train.seed).to(device)
+    # .train(): from_pretrained leaves the LM's layers in eval mode, which also turns checkpointing off.
+    model = MoonEmbedder(cfg.model, seed=cfg.train.seed).to(device).train()
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     temperature = Temperature(cfg.train.temperature, cfg.train.learn_temperature).to(device)
