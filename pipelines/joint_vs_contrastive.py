@@ -1,6 +1,6 @@
 """Joint training (InfoNCE + GRPO on vLLM rollouts) vs contrastive-only, at equal steps, same start.
 
-    python pipelines/joint_vs_contrastive.py --init outputs/train/export --steps 40 [key.sub=value ...]
+    python pipelines/joint_vs_contrastive.py --init outputs/train/export --steps 40 [--results DIR ...] [key.sub=value ...]
 
 Both arms load pipelines/configs/joint.yaml, start from the weights in --init (`train.init_from`: step
 0, fresh optimizer), and train the same number of steps on the same data order and seed; the
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from moon_ray.config import load_config
 from moon_ray.eval.evaluate import run_eval
-from moon_ray.eval.report import compare
+from moon_ray.eval.report import compare, model_slug
 from moon_ray.train.driver import run_train
 
 JOINT_YAML = Path(__file__).parent / "configs" / "joint.yaml"
@@ -72,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("outputs/joint-vs-contrastive"))
     parser.add_argument("--skip-train", action="store_true", help="re-evaluate existing runs under --out")
     parser.add_argument("--reuse", action="store_true",
-                        help="keep an arm whose run under --out already finished --steps (train only the others)")
-    parser.add_argument("--results", type=Path, nargs="*", default=[],
-                        help="existing eval result directories to put in the table instead of re-evaluating "
-                             "the frozen baseline and the start model (same split)")
+                        help="keep an arm whose run under --out already finished --steps (train only the others) "
+                             "and a model already evaluated under --out/eval")
+    parser.add_argument("--results", type=Path, action="append", default=[],
+                        help="an existing eval result directory to put in the table instead of re-evaluating "
+                             "the frozen baseline and the start model (same split); repeat for several")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, applied to both arms")
     args = parser.parse_args(argv)
     args.arm_defaults = ["train.lr=0.0001", "train.warmup_steps=4", "train.log_every=2"]
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     dirs = list(args.results)
     models = [] if args.results else ["frozen", str(args.init)]
     for model in (*models, str(args.out / "contrastive" / "export"), str(args.out / "joint" / "export")):
+        done = args.out / "eval" / model_slug(model)
+        if args.reuse and (done / "results.json").exists():
+            dirs.append(done)
+            continue
         cfg = arm_config("joint", args, args.overrides)
         t = time.perf_counter()
         results = run_eval(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, model=model)))
