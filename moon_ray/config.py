@@ -236,7 +236,7 @@ class TrainConfig:
                                        "far less memory (joint training's GRPO pass), about a third more compute.")
     release_memory: bool = opt(False, "Trainer workers hand freed tensor memory back to the OS at once (glibc "
                                "MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ = 1 MiB) instead of keeping a "
-                               "fragmented heap: joint step peak RSS 7.2 -> 3.0 GB, ~25 % slower on CPU.")
+                               "fragmented heap: joint step peak RSS 7.2 -> 3.0 GB, ~30 % slower on CPU.")
     temperature: float = opt(0.05, "InfoNCE temperature (initial value when learnable).")
     learn_temperature: bool = opt(True, "Learn the temperature (log-parametrised).")
     hard_negative_weight: float = opt(2.0, "Weight (beta) of same-category in-batch negatives (1: plain InfoNCE).")
