@@ -33,6 +33,10 @@ class VLLMEngine(RolloutEngine):
         kwargs = {}
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            # vLLM 0.32 on CPU: a seeded request whose prefill is split across steps fails
+            # ("CPU Generator does not use offset"); schedule whole prompts only.
+            kwargs["enable_chunked_prefill"] = False
         self.llm = LLM(model=model_dir, enable_prompt_embeds=True, dtype=dtype, max_model_len=max_model_len,
                        enforce_eager=enforce_eager, worker_extension_cls=EXTENSION, seed=seed, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
