@@ -65,7 +65,7 @@ def plot_rewards(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--init", type=Path, required=True, help="checkpoint or export both arms start from")
     parser.add_argument("--steps", type=int, default=40)
@@ -78,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="an existing eval result directory to put in the table instead of re-evaluating "
                              "the frozen baseline and the start model (same split); repeat for several")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, applied to both arms")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.arm_defaults = ["train.lr=0.0001", "train.warmup_steps=4", "train.log_every=2"]
     summary: dict = {"init": str(args.init), "steps": args.steps, "seconds": {}, "history": {}}
     for name in ("contrastive", "joint"):
