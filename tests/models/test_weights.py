@@ -47,3 +47,25 @@ def test_smollm2_materialised_once_as_hf_directory():
     tok = AutoTokenizer.from_pretrained(path)
     assert tok.chat_template and "<|im_start|>" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert weights.smollm2_dir() == path  # second call: no conversion, same directory
+
+
+def test_smollm2_converts_on_any_distributed_rank_and_repairs_an_incomplete_cache(tmp_path, monkeypatch):
+    """The first conversion may run in a Ray Train worker of rank 1, where transformers 5's save_pretrained
+    writes neither weights nor config; a cache left incomplete that way is converted again."""
+    from transformers import AutoModelForCausalLM
+    from transformers.distributed import mixin
+
+    broken = tmp_path / "smollm2-135m-instruct"
+    broken.mkdir()
+    for name in ("moon-ray-complete.json", "tokenizer.json"):  # what such a rank-1 save left behind
+        (broken / name).write_text("{}")
+    monkeypatch.setattr(mixin, "_is_torch_distributed_initialized", lambda: True)
+    monkeypatch.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)
+    path = weights.smollm2_dir(cache=tmp_path)
+    assert path == broken and (path / "config.json").exists() and (path / "model.safetensors").exists()
+    got = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(weights.smollm2_dir(), dtype=torch.float32)
+    assert got.lm_head.weight.data_ptr() == got.model.embed_tokens.weight.data_ptr()  # still tied
+    for (name, a), (_, b) in zip(ref.state_dict().items(), got.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert not list(tmp_path.glob(".trash-*")) and not list(tmp_path.glob(".smollm2-*"))
