@@ -146,6 +146,19 @@ async def load(port: int, model: str, texts: list[str], concurrency: int, dim: i
                 errors=errors, _latencies=latencies)
 
 
+def batching(url: str) -> dict:
+    """The replica's dynamic-batching counters (GET /healthz)."""
+    import httpx
+
+    return httpx.get(f"{url}/healthz", timeout=60).json()["batching"]
+
+
+def mean_batch(before: dict, after: dict) -> float:
+    """Items per encode call between two /healthz readings (warm-up requests included)."""
+    batches = after["batches"] - before["batches"]
+    return round((after["items"] - before["items"]) / batches, 2) if batches else 0.0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,6 +172,8 @@ def pooled(runs: list[dict]) -> dict:
     extra = {k: runs[0][k] for k in ("batch", "concurrency", "inputs_per_request") if k in runs[0]}
     if "errors" in runs[0]:
         extra["errors"] = sum(r["errors"] for r in runs)
+    if "mean_batch_size" in runs[0]:
+        extra["mean_batch_size"] = round(sum(r["mean_batch_size"] for r in runs) / len(runs), 2)
     return dict(out, runs=len(runs), **extra)
 
 
@@ -203,7 +218,9 @@ def measure(cfg, texts: list[str], counts: dict[int, int], rounds: int, soak: in
         port, batch, top = cfg.serve.port, cfg.serve.max_batch_size, CONCURRENCY[-1]
 
         def http(items, c, per_request=1):
+            before = batching(url)
             run = asyncio.run(load(port, card["id"], items, c, card["dim"], per_request))
+            run["mean_batch_size"] = mean_batch(before, batching(url))
             print(f"http  c={c:<3} x{per_request} {public(run)}", flush=True)
             return run
 

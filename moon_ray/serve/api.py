@@ -8,7 +8,7 @@
 | POST /v1/search      | the top-k catalog products (metadata + cosine score) for a text/image query |
 | GET /v1/models       | OpenAI's model list: the one served model                                  |
 | GET /v1/models/{id}  | that model, or 404                                                         |
-| GET /healthz         | {"status": "ok", "model", "dim", "index_size", "replica"}; no token needed  |
+| GET /healthz         | {"status": "ok", "model", "dim", "index_size", "replica", "batching"}; no token |
 
 Bodies are parsed by the routes themselves (`Model.model_validate_json`), so every malformed body
 becomes an `ApiError` with the field named (errors.py); exception handlers turn unknown routes,
@@ -44,7 +44,8 @@ def create_api(engine: Engine, index: CatalogIndex | None, scfg: ServeConfig, ap
     @app.get("/healthz")
     async def healthz():
         return {"status": "ok", "model": engine.model_id, "dim": engine.dim,
-                "index_size": index.size if index is not None else 0, "replica": replica}
+                "index_size": index.size if index is not None else 0, "replica": replica,
+                "batching": engine.batching()}
 
     @app.get("/v1/models")
     async def models():

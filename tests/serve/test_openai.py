@@ -95,11 +95,18 @@ def test_image_text_and_multimodal_inputs_frozen(frozen_client, served):
     assert resp.usage.prompt_tokens == 2 * len(tokenizer(product["title"], add_special_tokens=False)["input_ids"])
 
 
-def test_concurrent_requests_are_batched_without_mixing_rows(tiny_client, tiny_local):
+def test_concurrent_requests_are_batched_without_mixing_rows(tiny_client, tiny_local, served):
+    import httpx
+
     texts = [f"product number {i} in colour {c}" for i, c in enumerate(["red", "blue", "green", "black"] * 4)]
+    before = httpx.get(f"{served.tiny_url}/healthz", timeout=60).json()["batching"]
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(lambda t: vectors(tiny_client.embeddings.create(model="tiny", input=t))[0], texts))
     np.testing.assert_allclose(np.stack(got), tiny_local.encode([None] * len(texts), texts), atol=1e-5)
+    after = httpx.get(f"{served.tiny_url}/healthz", timeout=60).json()["batching"]
+    assert after["items"] - before["items"] == len(texts)  # every input went through the dynamic batcher
+    assert 1 <= after["batches"] - before["batches"] < len(texts)  # ... and some calls held several inputs
+    assert after["mean_batch_size"] == round(after["items"] / after["batches"], 2)
 
 
 def test_reasoning_trace_is_generated_and_embedded(tiny_client, tiny_local):

@@ -150,3 +150,64 @@ def test_model_worker_restarts_after_its_process_dies(monkeypatch):
         assert w.call("encode", [None], ["x"])[0].shape == (1, 256)
     finally:
         w.close()
+
+
+class SlowEncoder:
+    """A stand-in for the model process: 0.3 s per call, a row [len(text), 0, 0, 0] per text, and a
+    ValueError for a batch holding the text "bad" (as the real process answers an input it cannot embed)."""
+
+    info = {"name": "slow", "dim": 4, "dimensions": [4], "can_reason": False}
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def call(self, op, images, texts):
+        import time
+
+        self.calls.append(list(texts))
+        time.sleep(0.3)
+        if "bad" in texts:
+            raise ValueError("cannot embed 'bad'")
+        return np.array([[len(t), 0, 0, 0] for t in texts], np.float32), [1] * len(texts)
+
+    def close(self):
+        pass
+
+
+def test_engine_coalesces_items_that_wait_behind_a_busy_model(monkeypatch):
+    """Requests arriving while a model call runs go together into the next call (serve.batch alone would
+    queue them as separate small batches); each request gets its own rows; a bad item fails only its request."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    from moon_ray.config import load_config
+    from moon_ray.serve.engine import Engine
+    from moon_ray.serve.errors import ApiError
+    from moon_ray.serve.validation import Item
+
+    replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=128))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: replica)  # serve.batch outside a replica
+    model = SlowEncoder()
+
+    async def scenario():
+        engine = Engine(model, load_config(None, []).serve, "slow")
+
+        async def request(text: str, delay: float):
+            await asyncio.sleep(delay)
+            return await engine.embed([Item(image=None, text=text)])
+
+        texts = ["x" * n for n in range(1, 10)]
+        later = [request(t, 0.03 + 0.01 * i) for i, t in enumerate(texts[1:])]  # after the 10 ms batch window
+        got = await asyncio.gather(request(texts[0], 0), *later, request("bad", 0.06),
+                                   return_exceptions=True)
+        return engine.batching(), got, texts
+
+    batching, got, texts = asyncio.run(scenario())
+    for text, (vecs, tokens) in zip(texts, got[:-1], strict=True):
+        assert vecs.tolist() == [[len(text), 0, 0, 0]] and tokens == [1]
+    assert isinstance(got[-1], ApiError) and got[-1].status == 400 and "cannot embed 'bad'" in str(got[-1])
+    assert model.calls[0] == ["x"]  # alone: nothing else waited
+    assert sorted(model.calls[1], key=len) == sorted([*texts[1:], "bad"], key=len)  # all that came meanwhile
+    assert batching == {"batches": 2, "items": 10, "mean_batch_size": 5.0}  # then one by one, for "bad"
