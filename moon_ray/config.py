@@ -305,6 +305,8 @@ class RolloutConfig:
     max_model_len: int = opt(512, "vLLM context length.")
     sync_interval: int = opt(1, "Push trainer weights to the rollout actors every N steps.")
     sync_mode: str = opt("merged", "Weights sent: merged (LoRA merged into full matrices) or adapter (LoRA A/B only).")
+    sync_backend: str = opt("object_store", "How weights reach the actors: object_store (one put, every actor pulls) "
+                                            "or nccl (a collective broadcast between GPUs; merged weights).")
     max_staleness: int = opt(1, "Rollouts more than this many versions behind the trainer are dropped or weighted.")
     stale_policy: str = opt("weight", "Stale rollouts within max_staleness: weight (truncated importance weights) or drop.")
     grpo_weight: float = opt(0.5, "lambda: weight of the GRPO loss next to InfoNCE.")
@@ -317,6 +319,11 @@ class RolloutConfig:
             raise ConfigError(f"rollout.engine: expected vllm or torch, got {self.engine!r}")
         if self.sync_mode not in ("merged", "adapter"):
             raise ConfigError(f"rollout.sync_mode: expected merged or adapter, got {self.sync_mode!r}")
+        if self.sync_backend not in ("object_store", "nccl"):
+            raise ConfigError(f"rollout.sync_backend: expected object_store or nccl, got {self.sync_backend!r}")
+        if self.sync_backend == "nccl" and (self.sync_mode != "merged" or self.gpus_per_worker <= 0):
+            raise ConfigError("rollout.sync_backend=nccl broadcasts merged weights between GPUs: it needs "
+                              "rollout.sync_mode=merged and rollout.gpus_per_worker > 0 (and train.use_gpu=true)")
         if self.stale_policy not in ("weight", "drop"):
             raise ConfigError(f"rollout.stale_policy: expected weight or drop, got {self.stale_policy!r}")
         if self.group_size < 2:

@@ -36,6 +36,8 @@ def test_default_yaml_equals_dataclass_defaults():
         ("data.required=[id, sku]", "unknown field 'sku'"),
         ("data.limit", "must look like key.sub=value"),
         ("data=3", "data must be a mapping"),
+        ("rollout.sync_backend=mpi", "rollout.sync_backend: expected object_store or nccl"),
+        ("rollout.sync_backend=nccl", "needs rollout.sync_mode=merged and rollout.gpus_per_worker > 0"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

@@ -63,6 +63,24 @@ class RolloutWorker:
                             self._base[key] = f.get_tensor(key).float()
         return self._base
 
+    def join_collective(self, world_size: int, rank: int, backend: str, group: str) -> int:
+        """Join the trainer's collective group (weight_sync/collective.py) as `rank`."""
+        from ray.util import collective
+
+        collective.init_collective_group(world_size, rank, backend=backend, group_name=group)
+        self._collective = backend
+        return rank
+
+    def receive_broadcast(self, specs: list, version: int, group: str) -> int:
+        """Receive the tensors rank 0 broadcasts (names, shapes, dtypes in `specs`) and load them."""
+        from moon_ray.weight_sync.collective import receive
+
+        backend = getattr(self, "_collective", None)
+        if backend is None:
+            raise RuntimeError("receive_broadcast before join_collective: this actor is in no collective group")
+        self.engine.update_weights(iter(receive(specs, backend, group)), version)
+        return version
+
     def info(self) -> dict:
         return self.engine.info()
 

@@ -125,13 +125,39 @@ class JointTrainingModule(nn.Module):
         return token_logprobs(logits, ids)
 
 
-def sync_phase(model, pool, version: int, mode: str) -> dict:
-    """Trainer rank 0 -> every rollout actor: one object-store put, every actor pulls and loads."""
+def sync_phase(model, pool, version: int, mode: str, backend: str = "object_store") -> dict:
+    """Trainer rank 0 -> every rollout actor: one object-store put that every actor pulls and loads, or
+    (backend nccl/gloo) a collective broadcast of the merged weights (weight_sync/collective.py)."""
     import ray
 
     from moon_ray.weight_sync.object_store import make_payload
 
     t0 = time.perf_counter()
-    ref = ray.put(make_payload(model.lm, mode))
-    info = ray.get(pool.sync.remote([ref], version, mode))
+    if backend != "object_store":
+        info = collective_sync(model, pool, version, backend)
+    else:
+        ref = ray.put(make_payload(model.lm, mode))
+        info = ray.get(pool.sync.remote([ref], version, mode))
     return {"time_sync": time.perf_counter() - t0, "synced_version": version, **{k: v for k, v in info.items() if k == "actors"}}
+
+
+_GROUP: dict = {}  # this trainer's collective group: the actors it was made with, and its name
+
+
+def collective_sync(model, pool, version: int, backend: str) -> dict:
+    """Broadcast to the pool's current actors; a new group is made when they changed (resize, restart).
+
+    An actor restarted between two syncs holds the base weights until the next one: its rollouts carry
+    an old version and fall under rollout.max_staleness.
+    """
+    import ray
+
+    from moon_ray.weight_sync import collective
+
+    actors = ray.get(pool.worker_handles.remote())
+    key = tuple(a._actor_id.hex() for a in actors)
+    if _GROUP.get("key") != key:
+        name = f"{collective.GROUP}-{_GROUP.get('count', 0)}"
+        collective.init_group(actors, backend=backend, group=name)
+        _GROUP.update(key=key, name=name, count=_GROUP.get("count", 0) + 1)
+    return collective.broadcast(model.lm, actors, version, backend=backend, group=_GROUP["name"])

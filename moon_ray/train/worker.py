@@ -90,7 +90,7 @@ def train_loop_per_worker(config: dict) -> None:
     if ctx.get_world_size() > 1:
         step_module = prepare_model(step_module, parallel_strategy_kwargs={"find_unused_parameters": True})
     if pool is not None and rank == 0 and (step > 0 or initialised):  # the actors still hold the base weights
-        sync_phase(model, pool, step, cfg.rollout.sync_mode)
+        sync_phase(model, pool, step, cfg.rollout.sync_mode, cfg.rollout.sync_backend)
     writer = _tensorboard(cfg) if rank == 0 else None
     progress = config.get("progress")
     shard = ray.train.get_dataset_shard("train")
@@ -108,7 +108,7 @@ def train_loop_per_worker(config: dict) -> None:
             metrics = train_step(step_module, optimizer, scheduler, batch, cfg, *extra) | timing
             step += 1
             if pool is not None and rank == 0 and step % cfg.rollout.sync_interval == 0:
-                metrics |= sync_phase(model, pool, step, cfg.rollout.sync_mode)
+                metrics |= sync_phase(model, pool, step, cfg.rollout.sync_mode, cfg.rollout.sync_backend)
             window.append(metrics)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps or step % cfg.train.checkpoint_every == 0:
                 elapsed, t0 = time.perf_counter() - t0, time.perf_counter()

@@ -152,3 +152,93 @@ def test_adapter_sync_into_unmerged_lora_matches_merged_weights(tiny_dir):
     assert torch.allclose(live.model(inputs_embeds=x).logits, want, atol=1e-4)
     with pytest.raises(KeyError, match="no LoRA layer"):
         live.update_adapter(iter([("model.nope.weight::A", torch.zeros(1))]), version=5)
+
+
+class Sender:
+    """Rank 0 of a collective group, as a trainer would be (a Ray actor holding the PEFT LM)."""
+
+    def __init__(self, lm):
+        self.lm = lm
+
+    def sync(self, actors: list, version: int, backend: str, group: str) -> dict:
+        from moon_ray.weight_sync import collective
+
+        collective.init_group(actors, backend=backend, group=group)
+        if backend == "nccl":
+            self.lm.cuda()
+        return collective.broadcast(self.lm, actors, version, backend=backend, group=group)
+
+    def sync_pool(self, pool, versions: list[int], backend: str) -> tuple[list[dict], int]:
+        """The joint loop's sync_phase over a collective group, once per version; and the groups made."""
+        from types import SimpleNamespace
+
+        from moon_ray.train import joint
+
+        infos = [joint.sync_phase(SimpleNamespace(lm=self.lm), pool, v, "merged", backend) for v in versions]
+        return infos, joint._GROUP["count"]
+
+
+def perturbed_model(tiny_dir):
+    """The joint model with its LoRA B matrices far from zero, so merged weights differ from the base."""
+    model, *_ = build_training(joint_cfg(tiny_dir), torch.device("cpu"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    return model
+
+
+def collective_matches_object_store(tiny_dir, backend: str, gpus: float) -> None:
+    """Two fresh rollout actors: one synced through the object store, one through the collective group;
+    both then generate the same tokens with the same seed, and both report the new version."""
+    from moon_ray.rollout.pool import RolloutWorker
+    from moon_ray.weight_sync import object_store
+
+    model = perturbed_model(tiny_dir)
+    worker = ray.remote(RolloutWorker).options(num_cpus=0.25, num_gpus=gpus)
+    kwargs = {"model_dir": str(tiny_dir), "threads": 1}
+    reference, received = worker.remote("torch", kwargs), worker.remote("torch", kwargs)
+    sender = ray.remote(Sender).options(num_cpus=0.25, num_gpus=gpus).remote(model.lm)
+    try:
+        prompts = [torch.randn(5, 128), torch.randn(7, 128)]
+        sampling = SamplingConfig(n=2, max_tokens=6, temperature=1.0, seed=7)
+        before = ray.get(received.generate.remote(prompts, sampling))
+        object_store.broadcast(model.lm, [reference], version=4)
+        info = ray.get(sender.sync.remote([received], 4, backend, f"test-{backend}"))
+        assert info["actor_versions"] == [4] and info["tensors"] > 0 and info["backend"] == backend
+        want = ray.get(reference.generate.remote(prompts, sampling))
+        got = ray.get(received.generate.remote(prompts, sampling))
+        tokens = lambda groups: [r.token_ids for g in groups for r in g]  # noqa: E731
+        assert tokens(got) == tokens(want) != tokens(before)
+        assert all(r.version == 4 for g in got for r in g)
+    finally:
+        for actor in (reference, received, sender):
+            ray.kill(actor)
+
+
+def test_collective_weight_sync_over_gloo_matches_object_store(ray_local, tiny_dir):
+    """The collective path (weight_sync/collective.py), run here over gloo between CPU actors."""
+    collective_matches_object_store(tiny_dir, "gloo", gpus=0)
+
+
+def test_joint_sync_phase_over_a_collective_group(ray_local, tiny_dir):
+    """sync_phase with a collective backend: the group is made once for the pool's actors and reused;
+    the actors generate with the synced version."""
+    pool = RolloutPool.remote("torch", {"model_dir": str(tiny_dir), "threads": 1}, 1, 0.25)
+    sender = ray.remote(Sender).options(num_cpus=0.25).remote(perturbed_model(tiny_dir).lm)
+    try:
+        infos, groups = ray.get(sender.sync_pool.remote(pool, [4, 5], "gloo"))
+        assert groups == 1 and [i["synced_version"] for i in infos] == [4, 5] and infos[0]["actors"] == 1
+        out = ray.get(pool.generate.remote([torch.randn(5, 128)], SamplingConfig(n=2, max_tokens=4, seed=3)))
+        assert all(r.version == 5 for g in out for r in g)
+    finally:
+        ray.get(pool.shutdown.remote())
+        ray.kill(sender)
+
+
+@pytest.mark.gpu
+def test_collective_weight_sync_over_nccl_matches_object_store(ray_local, tiny_dir):
+    """The same over NCCL: rank 0 and the actor each on their own GPU (NCCL needs one GPU per rank)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("NCCL weight sync needs two GPUs (one per rank)")
+    collective_matches_object_store(tiny_dir, "nccl", gpus=1)
