@@ -79,8 +79,12 @@ def smollm2_dir(cache: Path | None = None) -> Path:
     return target
 
 
+def _missing(folder: Path, names=_MODEL_FILES) -> list[str]:
+    return [name for name in names if not (folder / name).is_file()]
+
+
 def _complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in (_COMPLETE, *_MODEL_FILES))
+    return not _missing(folder, (_COMPLETE, *_MODEL_FILES))
 
 
 def _discard(folder: Path) -> None:
@@ -110,7 +114,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     _save_model(model, out, tied)
     tokenizer.save_pretrained(out)
-    missing = [name for name in _MODEL_FILES if not (out / name).is_file()]
+    missing = _missing(out)
     if missing:
         raise RuntimeError(f"the SmolLM2 conversion into {out} did not write {missing}")
     (out / _COMPLETE).write_text(json.dumps({"source": str(gguf), "dtype": "float32"}))

@@ -30,6 +30,7 @@ class RolloutWorker:
         self.engine = create_engine(engine, **engine_kwargs)
         self.model_dir = engine_kwargs.get("model_dir")
         self._base: dict[str, torch.Tensor] | None = None
+        self._collective: str | None = None  # the backend of the collective group joined, if any
 
     def generate(self, prompts: Sequence[torch.Tensor], sampling: SamplingConfig) -> list[list[Rollout]]:
         return self.engine.generate(prompts, sampling)
@@ -75,10 +76,9 @@ class RolloutWorker:
         """Receive the tensors rank 0 broadcasts (names, shapes, dtypes in `specs`) and load them."""
         from moon_ray.weight_sync.collective import receive
 
-        backend = getattr(self, "_collective", None)
-        if backend is None:
+        if self._collective is None:
             raise RuntimeError("receive_broadcast before join_collective: this actor is in no collective group")
-        self.engine.update_weights(iter(receive(specs, backend, group)), version)
+        self.engine.update_weights(iter(receive(specs, self._collective, group)), version)
         return version
 
     def info(self) -> dict:

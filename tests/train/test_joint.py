@@ -76,15 +76,10 @@ def test_joint_step_generates_rewards_and_updates(ray_local, diverse_dir):
 
 
 def test_sync_changes_actor_outputs_and_versions(pool, tiny_dir):
-    cfg = joint_cfg(tiny_dir)
-    model, temperature, opt, sched = build_training(cfg, torch.device("cpu"))
     prompts = [torch.randn(5, 128), torch.randn(7, 128)]
     sampling = SamplingConfig(n=2, max_tokens=6, temperature=1.0, seed=7)
     before = ray.get(pool.generate.remote(prompts, sampling))
-    with torch.no_grad():  # move the adapters far from zero so the merged weights differ
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
+    model = perturbed_model(tiny_dir)  # adapters far from zero, so the merged weights differ
     info = sync_phase(model, pool, version=5, mode="merged")
     after = ray.get(pool.generate.remote(prompts, sampling))
     assert info["actors"] == 2 and all(r.version == 5 for g in after for r in g)
@@ -132,13 +127,8 @@ def test_adapter_sync_into_unmerged_lora_matches_merged_weights(tiny_dir):
     from moon_ray.rollout.torch_engine import TorchEngine
     from moon_ray.weight_sync.base import adapter_weights, merged_weights
 
-    cfg = joint_cfg(tiny_dir)
-    model, *_ = build_training(cfg, torch.device("cpu"))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
-    lora = cfg.model.lm.lora
+    model = perturbed_model(tiny_dir)
+    lora = joint_cfg(tiny_dir).model.lm.lora
     live = TorchEngine(str(tiny_dir), threads=1, lora={"r": lora.r, "alpha": lora.alpha, "targets": lora.targets})
     merged = TorchEngine(str(tiny_dir), threads=1)
     x = torch.randn(2, 5, 128)
