@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from moon_ray.config import load_config
-from moon_ray.eval.index import build_index, search
+from moon_ray.infrastructure.index import build_index, search
 
 EF_SEARCH = (16, 32, 64, 128, 256)
 TARGET = {"recall@10": 0.98, "speedup": 5.0}
@@ -36,7 +36,7 @@ def catalog_embeddings(cfg, cache: Path) -> np.ndarray:
     import pyarrow.dataset as ds
 
     from moon_ray.eval.embed import embed_requests
-    from moon_ray.runtime import init_ray
+    from moon_ray.infrastructure.runtime import init_ray
 
     products = Path(cfg.data.output_dir) / "products"
     if not products.is_dir():
@@ -101,17 +101,17 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     cfg = load_config(None, ["eval.model=frozen", *args.overrides])
-    ev = cfg.eval
+    ev, ix = cfg.eval, cfg.index
 
     base = catalog_embeddings(cfg, Path(args.cache))
     data, queries = grow(base, args.n, args.queries, args.noise)
     flat = build_index(data, "flat")
     exact, flat_qps = timed_search(flat, queries, args.k)
     t = time.perf_counter()
-    hnsw = build_index(data, "hnsw", ev.hnsw_m, ev.hnsw_ef_construction, ev.hnsw_ef_search)
+    hnsw = build_index(data, "hnsw", ix.hnsw_m, ix.hnsw_ef_construction, ix.hnsw_ef_search)
     build_s = time.perf_counter() - t
     sweep = []
-    for ef in sorted({*EF_SEARCH, ev.hnsw_ef_search}):
+    for ef in sorted({*EF_SEARCH, ix.hnsw_ef_search}):
         hnsw.hnsw.efSearch = ef
         ids, qps = timed_search(hnsw, queries, args.k)
         sweep.append((ef, recall_at(ids, exact), qps))
@@ -123,19 +123,19 @@ def main() -> None:
     for r in rows:
         print(f"HNSW efSearch={r['ef_search']:4d}  recall@10 {r['recall@10']:.4f}  QPS {r['qps']:9.1f}  "
               f"x{r['speedup']:.2f} vs Flat")
-    chosen = next(r for r in rows if r["ef_search"] == ev.hnsw_ef_search)
+    chosen = next(r for r in rows if r["ef_search"] == ix.hnsw_ef_search)
     result = {
         "benchmark": "index", "vectors": int(data.shape[0]), "dim": int(data.shape[1]),
         "catalog_products": int(base.shape[0]), "queries": int(queries.shape[0]), "noise": args.noise,
         "k": args.k, "model": ev.model, "faiss": faiss.__version__, "faiss_gpus": int(faiss.get_num_gpus()),
         "omp_threads": faiss.omp_get_max_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
-        "flat_qps": round(flat_qps, 1), "hnsw_m": ev.hnsw_m, "hnsw_ef_construction": ev.hnsw_ef_construction,
-        "hnsw_build_s": round(build_s, 1), "sweep": rows, "ef_search": ev.hnsw_ef_search,
+        "flat_qps": round(flat_qps, 1), "hnsw_m": ix.hnsw_m, "hnsw_ef_construction": ix.hnsw_ef_construction,
+        "hnsw_build_s": round(build_s, 1), "sweep": rows, "ef_search": ix.hnsw_ef_search,
         "recall@10": chosen["recall@10"], "speedup": chosen["speedup"], "target": TARGET,
         "meets_target": chosen["recall@10"] >= TARGET["recall@10"] and chosen["speedup"] >= TARGET["speedup"],
     }
-    print(f"Flat QPS {flat_qps:.1f}; HNSW(M={ev.hnsw_m}, efC={ev.hnsw_ef_construction}) built in {build_s:.1f} s; "
-          f"at efSearch={ev.hnsw_ef_search}: recall@10 {chosen['recall@10']:.4f}, x{chosen['speedup']:.2f} QPS "
+    print(f"Flat QPS {flat_qps:.1f}; HNSW(M={ix.hnsw_m}, efC={ix.hnsw_ef_construction}) built in {build_s:.1f} s; "
+          f"at efSearch={ix.hnsw_ef_search}: recall@10 {chosen['recall@10']:.4f}, x{chosen['speedup']:.2f} QPS "
           f"(target >= {TARGET['recall@10']} at >= {TARGET['speedup']}x: {result['meets_target']})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from moon_ray.catalog.process import process_batch
 from moon_ray.catalog.read import read_table
 from moon_ray.catalog.schema import PRODUCT_SCHEMA, REJECT_SCHEMA
 from moon_ray.config import load_config
-from moon_ray.runtime import init_ray
+from moon_ray.infrastructure.runtime import init_ray
 
 
 def single_process(cfg) -> int:

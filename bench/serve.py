@@ -206,7 +206,7 @@ def measure(cfg, texts: list[str], counts: dict[int, int], rounds: int, soak: in
     from ray import serve
 
     from moon_ray.config import to_dict
-    from moon_ray.runtime import init_ray
+    from moon_ray.infrastructure.runtime import init_ray
     from moon_ray.serve.app import application, start
 
     init_ray(cfg.ray)

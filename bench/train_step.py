@@ -110,7 +110,7 @@ def main() -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from moon_ray.runtime import init_ray
+    from moon_ray.infrastructure.runtime import init_ray
 
     init_ray(cfg.ray)
     wcfg = load_config(None, ["ray.progress=false", f"train.batch_size={b}", *args.overrides])

@@ -146,7 +146,7 @@ class RayConfig:
     progress: bool = opt(True, "Show Ray Data progress bars.")
     use_custom_resources: bool = opt(
         False,
-        "Request the cluster's custom resources (moon_ray/resources.py: moon_trainer, moon_rollout, "
+        "Request the cluster's custom resources (moon_ray/infrastructure/resources.py: moon_trainer, moon_rollout, "
         "moon_serve, moon_data) so each role lands on its node group; off on a laptop.",
     )
 
@@ -254,6 +254,21 @@ class TrainConfig:
     limit: int | None = opt(None, "Use at most N training products (None: the whole train split).")
 
 
+# -------------------------------------------------------------------------------------------- index
+@dataclass(frozen=True)
+class IndexConfig:
+    """FAISS parameters shared by evaluation, index building and serving (eval.index / serve.index
+    choose flat or hnsw)."""
+
+    hnsw_m: int = opt(32, "HNSW graph degree M.")
+    hnsw_ef_construction: int = opt(200, "HNSW efConstruction.")
+    hnsw_ef_search: int = opt(128, "HNSW efSearch.")
+
+    def validate(self) -> None:
+        if min(self.hnsw_m, self.hnsw_ef_construction, self.hnsw_ef_search) < 1:
+            raise ConfigError("index: hnsw_m, hnsw_ef_construction and hnsw_ef_search must be >= 1")
+
+
 # --------------------------------------------------------------------------------------------- eval
 @dataclass(frozen=True)
 class EvalConfig:
@@ -266,9 +281,6 @@ class EvalConfig:
     cpus_per_actor: float = opt(1.0, "CPUs per embedding actor (fractions allowed).")
     gpus_per_actor: float = opt(0.0, "GPUs per embedding actor (fractions allowed; 0: CPU only).")
     index: str = opt("flat", "FAISS index for retrieval: flat (exact) or hnsw.")
-    hnsw_m: int = opt(32, "HNSW graph degree M.")
-    hnsw_ef_construction: int = opt(200, "HNSW efConstruction.")
-    hnsw_ef_search: int = opt(128, "HNSW efSearch.")
     seed: int = opt(0, "Seed of the deterministic image degradations.")
     zero_shot: tuple[str, ...] = opt(
         ("article_type", "colour", "gender", "season", "usage"),
@@ -392,6 +404,7 @@ class Config:
     preprocess: PreprocessConfig = opt(PreprocessConfig(), "Catalog preprocessing.")
     ray: RayConfig = opt(RayConfig(), "Ray runtime.")
     eval: EvalConfig = opt(EvalConfig(), "Evaluation on the held-out split.")
+    index: IndexConfig = opt(IndexConfig(), "FAISS index parameters (evaluation and serving).")
     model: ModelConfig = opt(ModelConfig(), "The MOON embedder.")
     train: TrainConfig = opt(TrainConfig(), "Contrastive training on Ray Train.")
     serve: ServeConfig = opt(ServeConfig(), "The Ray Serve deployment.")

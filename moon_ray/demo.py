@@ -89,7 +89,7 @@ def serve_and_search(cfg: Config) -> list[dict]:
     import pyarrow.parquet as pq
     from ray import serve
 
-    from moon_ray.runtime import init_ray
+    from moon_ray.infrastructure.runtime import init_ray
     from moon_ray.serve.app import absolute_paths, application, start
 
     cfg = absolute_paths(cfg)

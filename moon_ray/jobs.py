@@ -45,7 +45,7 @@ from typing import Any
 import yaml
 
 from moon_ray.config import load_config, parse_override, to_dict, to_overrides
-from moon_ray.runtime import DEFAULT_ENV
+from moon_ray.infrastructure.runtime import DEFAULT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -53,7 +53,7 @@ ALIASES = {"eval": "evaluate"}  # pipeline name -> script stem, where they diffe
 # Left out of the uploaded working_dir (gitignore-style patterns relative to the repository root).
 EXCLUDES = (".git", ".venv", "venv", "outputs", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
             ".mypy_cache", ".cache", "*.egg-info", "bench/results")
-# The job's env_vars (the caller's values win). moon_ray.runtime.init_ray passes DEFAULT_ENV to ray.init
+# The job's env_vars (the caller's values win). moon_ray.infrastructure.runtime.init_ray passes DEFAULT_ENV to ray.init
 # as well, and Ray refuses a driver runtime_env that repeats a job's key unless told to merge them.
 JOB_ENV = {**DEFAULT_ENV, "PYTHONUNBUFFERED": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
 DIR_KEY = re.compile(r"(^|_)(catalog|dir)$")  # config leaves that always hold a path, existing or not

@@ -37,7 +37,7 @@ def shared_data() -> Path:
 def ray_local():
     """One local Ray for the whole session: 2 CPUs, no progress bars."""
     from moon_ray.config import RayConfig
-    from moon_ray.runtime import init_ray
+    from moon_ray.infrastructure.runtime import init_ray
 
     ray = init_ray(RayConfig(num_cpus=2, progress=False))
     yield ray

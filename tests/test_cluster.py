@@ -15,7 +15,7 @@ import pytest
 import ray
 import yaml
 
-from moon_ray import resources
+from moon_ray.infrastructure import resources
 from moon_ray.config import load_config
 from moon_ray.jobs import pipeline_script
 
@@ -129,7 +129,7 @@ def test_declared_custom_resources_are_the_codes(label, kind, groups):
 
 def test_every_name_the_code_requests_is_declared():
     # resources.request() refuses names outside resources.ALL; these are the ones the code uses today
-    # (`resources.TRAINER`, or `from moon_ray.resources import SERVE`).
+    # (`resources.TRAINER`, or `from moon_ray.infrastructure.resources import SERVE`).
     used = set()
     for path in (ROOT / "moon_ray").rglob("*.py"):
         text = path.read_text()

@@ -28,7 +28,7 @@ from moon_ray.catalog.schema import PRODUCT_SCHEMA, REJECT_SCHEMA
 from moon_ray.catalog.splits import SPLITS, derive_queries
 from moon_ray.catalog.text import normalise
 from moon_ray.config import Config, to_dict
-from moon_ray.runtime import cluster_cpus, init_ray
+from moon_ray.infrastructure.runtime import cluster_cpus, init_ray
 
 
 class CountMismatch(RuntimeError):

@@ -62,7 +62,7 @@ def embed_requests(requests: pa.Table, cfg: Config) -> np.ndarray:
     """(N, dim) float32 embeddings of the N requests, in `row` order (rows must be 0..N-1)."""
     import ray
 
-    from moon_ray.resources import DATA, request
+    from moon_ray.infrastructure.resources import DATA, request
 
     ev = cfg.eval
     n = requests.num_rows

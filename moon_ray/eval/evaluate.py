@@ -40,9 +40,9 @@ def run_eval(cfg: Config) -> dict:
     """Evaluate `cfg.eval.model` on `cfg.eval.split`; writes the report and returns the results."""
     from moon_ray.eval.data import build_requests, load_split
     from moon_ray.eval.embed import embed_requests
-    from moon_ray.eval.index import build_index, gpu_count
+    from moon_ray.infrastructure.index import build_index, gpu_count
     from moon_ray.eval.report import model_slug, write_results
-    from moon_ray.runtime import init_ray
+    from moon_ray.infrastructure.runtime import init_ray
 
     check_model(cfg.eval.model)
     if Path(cfg.eval.model).is_dir():  # Ray workers may not share the driver's working directory
@@ -59,8 +59,8 @@ def run_eval(cfg: Config) -> dict:
     timings["embed_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ev = cfg.eval
-    index = build_index(vecs[parts["product"]], ev.index, ev.hnsw_m, ev.hnsw_ef_construction, ev.hnsw_ef_search)
+    ix = cfg.index
+    index = build_index(vecs[parts["product"]], cfg.eval.index, ix.hnsw_m, ix.hnsw_ef_construction, ix.hnsw_ef_search)
     timings["index_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -87,7 +87,7 @@ def check_model(model: str) -> None:
 
 def score(data: EvalSet, vecs: dict[str, np.ndarray], index) -> dict:
     """Every metric from the embedded parts (see build_requests) and the product index."""
-    from moon_ray.eval.index import search
+    from moon_ray.infrastructure.index import search
 
     n = data.size
     depth = min(n, max(CURVE_KS))

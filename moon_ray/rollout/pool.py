@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import ray
 import torch
 
-from moon_ray import resources
+from moon_ray.infrastructure import resources
 from moon_ray.rollout.base import Rollout, SamplingConfig, create_engine
 from moon_ray.weight_sync.base import merge_adapter
 

@@ -178,7 +178,7 @@ def check_sources(cfg: Config) -> None:
 
 
 def deployment_options(cfg: Config) -> dict[str, Any]:
-    from moon_ray.resources import SERVE, request
+    from moon_ray.infrastructure.resources import SERVE, request
 
     s = cfg.serve
     actor: dict[str, Any] = {"num_cpus": s.cpus_per_replica}
@@ -228,7 +228,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def cli_serve(args) -> int:
-    from moon_ray.runtime import init_ray
+    from moon_ray.infrastructure.runtime import init_ray
 
     overrides = list(args.overrides)
     for flag, key in (("model", "serve.model"), ("host", "serve.host"), ("port", "serve.port")):

@@ -8,7 +8,7 @@
 The products are those of `data.output_dir`/products in catalog order (`row`), only the split
 `serve.index_split` when set, at most `serve.index_limit` of them, each embedded as a product with
 `Encoder.encode_products(images, titles)`, `serve.index_batch_size` at a time. The FAISS index is
-`serve.index` (flat: exact; hnsw: `eval.hnsw_*` parameters) from moon_ray/eval/index.py; a saved index
+`serve.index` (flat: exact; hnsw: `index.hnsw_*` parameters) from moon_ray/infrastructure/index.py; a saved index
 keeps the vectors and the FAISS index is rebuilt from them at load (instant for flat, seconds for
 HNSW over 10k products), so one saved index serves either kind, on CPU or GPU FAISS.
 
@@ -116,7 +116,7 @@ class CatalogIndex:
     # ----------------------------------------------------------------------------------- search
     def search(self, query: np.ndarray, k: int, filters: dict[str, list[str]] | None = None) -> list[dict]:
         """The top-k products for one query vector: metadata plus `score` (cosine) and `rank`."""
-        from moon_ray.eval.index import search
+        from moon_ray.infrastructure.index import search
 
         q = np.asarray(query, dtype=np.float32).reshape(1, -1)
         if filters:
@@ -141,10 +141,10 @@ class CatalogIndex:
 
 
 def _faiss(vectors: np.ndarray, cfg: Config):
-    from moon_ray.eval.index import build_index
+    from moon_ray.infrastructure.index import build_index
 
-    ev = cfg.eval
-    return build_index(vectors, cfg.serve.index, ev.hnsw_m, ev.hnsw_ef_construction, ev.hnsw_ef_search)
+    ix = cfg.index
+    return build_index(vectors, cfg.serve.index, ix.hnsw_m, ix.hnsw_ef_construction, ix.hnsw_ef_search)
 
 
 def load_products(cfg: Config):

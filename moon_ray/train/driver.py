@@ -18,10 +18,10 @@ from pathlib import Path
 
 import ray
 
-from moon_ray import resources
+from moon_ray.infrastructure import resources
 from moon_ray.config import Config, to_dict
 from moon_ray.configlib import ConfigError
-from moon_ray.runtime import init_ray
+from moon_ray.infrastructure.runtime import init_ray
 from moon_ray.train.checkpoint import latest_checkpoint
 from moon_ray.train.worker import BATCH_COLUMNS, train_loop_per_worker
 

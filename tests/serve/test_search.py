@@ -60,7 +60,7 @@ def test_tiny_app_serves_its_saved_index(served):
 
 
 def toy_index(vectors: np.ndarray, meta: dict) -> CatalogIndex:
-    from moon_ray.eval.index import build_index
+    from moon_ray.infrastructure.index import build_index
 
     return CatalogIndex(vectors.astype(np.float32), meta, {"model": "toy", "dim": vectors.shape[1]},
                         build_index(vectors.astype(np.float32)))
