@@ -67,7 +67,7 @@ def _load_builtin() -> None:
     """Import the modules that register encoders (they import heavy libraries lazily)."""
     import importlib
 
-    for module in ("moon_ray.eval.baselines", "moon_ray.models.export"):
+    for module in ("moon_ray.models.baselines", "moon_ray.models.export"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:

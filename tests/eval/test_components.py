@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from moon_ray.eval.baselines import IMAGE_DIM, RandomEncoder
+from moon_ray.models.baselines import IMAGE_DIM, RandomEncoder
 from moon_ray.eval.degrade import degrade
 from moon_ray.infrastructure.index import build_index, search
 from moon_ray.eval.metrics import top_k

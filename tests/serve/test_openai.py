@@ -2,7 +2,7 @@
 
 The served vectors are checked against numbers derived independently: the tiny MOON model loaded in
 this process, and, for the frozen baseline, its block structure ([i; 0] for an image, [0; t] for a
-text, [i; t]/√2 for both — moon_ray/eval/baselines.py).
+text, [i; t]/√2 for both — moon_ray/models/baselines.py).
 """
 
 from __future__ import annotations
