@@ -24,10 +24,10 @@ import torch
 
 from moon_ray.config import LMConfig
 from moon_ray.models.language import load_tokenizer
+from moon_ray.models.reasoning import prompt_text
 from moon_ray.models.weights import smollm2_dir
 from moon_ray.rollout.base import SamplingConfig
 from moon_ray.rollout.pool import RolloutWorker
-from moon_ray.rollout.prompts import prompt_text
 
 
 def make_prompts(n: int, catalog: str) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ into the full matrices on the trainer) — it times the sync: one `ray.put`, eve
 Targets: 4 actors ≤ 1.5× one actor; LoRA ≤ 100 ms.
 
 `--transport gloo|nccl`: merged weights broadcast tensor by tensor over a Ray collective group
-(moon_ray/weight_sync/collective.py). The trainer side is then an actor (a collective rank must be),
+(moon_ray/weight_sync/collective.py, through the same transport interface). The trainer side is then an actor (a collective rank must be),
 and every actor count gets fresh actors and a fresh sender (Ray's gloo groups cannot be re-made with
 another size in the same process). nccl needs one GPU per rank: 1 + max(--actors) GPUs.
 """
@@ -31,7 +31,7 @@ from moon_ray.config import LMConfig
 from moon_ray.models.language import load_language_model
 from moon_ray.models.weights import smollm2_dir
 from moon_ray.rollout.pool import RolloutWorker
-from moon_ray.weight_sync.object_store import broadcast
+from moon_ray.weight_sync.transport import create_transport, weights_of
 
 
 def row(mode: str, n: int, times: list[dict]) -> dict:
@@ -48,10 +48,10 @@ def object_store_rows(lm, kwargs: dict, args) -> list[dict]:
     rows, version = [], 0
     for mode in ("adapter", "merged"):
         for n in args.actors:
-            times = []
+            times, transport = [], create_transport("object_store", mode=mode)
             for _ in range(args.repeats + 1):
                 version += 1
-                times.append(broadcast(lm, actors[:n], version, mode))
+                times.append(transport.send(weights_of(lm, mode), actors[:n], version))
             rows.append(row(mode, n, times))
     return rows
 
@@ -60,17 +60,13 @@ class Sender:
     """Rank 0 of the collective group (an actor, as a Ray Train worker would be)."""
 
     def __init__(self, lm, actors: list, backend: str):
-        from moon_ray.weight_sync import collective
-
-        self.lm, self.actors, self.backend = lm, actors, backend
-        collective.init_group(actors, backend=backend, group="bench")
+        self.lm, self.actors = lm, actors
+        self.transport = create_transport(backend)  # the group is made by the first send (the warm-up)
         if backend == "nccl":
             self.lm.cuda()
 
     def sync(self, version: int) -> dict:
-        from moon_ray.weight_sync import collective
-
-        return collective.broadcast(self.lm, self.actors, version, backend=self.backend, group="bench")
+        return self.transport.send(weights_of(self.lm, "merged"), self.actors, version)
 
 
 def collective_rows(lm, kwargs: dict, args) -> list[dict]:

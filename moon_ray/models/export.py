@@ -52,8 +52,8 @@ def load_exported(path: Path, device: str = "cpu"):
     import torch
 
     from moon_ray.models.embedder import MoonEmbedder
-    from moon_ray.train.checkpoint import load_trainable
-    from moon_ray.train.task import Temperature
+    from moon_ray.models.temperature import Temperature
+    from moon_ray.models.trainable import load_trainable
 
     path = Path(path)
     if not (path / MARKER).exists():
@@ -87,7 +87,7 @@ class MoonEncoder(Encoder):
     def _encode(self, images, texts, is_query: bool) -> np.ndarray:
         import torch
 
-        from moon_ray.rollout.prompts import generate_reasoning
+        from moon_ray.models.reasoning import generate_reasoning
 
         if len(images) != len(texts):
             raise ValueError(f"images ({len(images)}) and texts ({len(texts)}) differ in length")

@@ -5,7 +5,7 @@
     engine.update_weights(iter([(name, tensor), …]), version=3)
 
 A prompt is its embeddings (L, H): visual tokens and chat-template tokens, made by the trainer's
-model (`rollout/prompts.py`), so images never travel to the engines — only vectors. `generate`
+model (`models/reasoning.py`), so images never travel to the engines — only vectors. `generate`
 returns, per prompt, `n` rollouts with the sampled token ids, text, per-token log-probs and the
 policy version that produced them.
 """

@@ -3,24 +3,29 @@
     pool = RolloutPool.options(name="rollout-pool").remote(engine="vllm", engine_kwargs={...},
                                                            num_workers=2, cpus_per_worker=0.5)
     groups = ray.get(pool.generate.remote(prompts, SamplingConfig(n=4)))
-    ray.get(pool.sync.remote([ray.put(payload)], version=3, mode="merged"))   # one put, every actor pulls
+    create_transport("object_store").sync_model(lm, pool, version=3)          # one put, every actor pulls
     ray.get(pool.resize.remote(4))                                           # grow or shrink mid-run
 
 Prompts are split evenly across the actors (contiguous chunks, sizes differing by at most one). An
 actor that dies is replaced, given the latest weights, and its chunk is retried once.
+
+Weights arrive through a transport (moon_ray/weight_sync/transport.py): an object-store `Payload`
+comes to the pool's `update_weights`, which hands it to every actor and keeps it for actors that join
+later; a collective transport broadcasts to the actors (`worker_handles`) directly.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import ray
 import torch
 
 from moon_ray.infrastructure import resources
+from moon_ray.infrastructure.timing import timed
 from moon_ray.rollout.base import Rollout, SamplingConfig, create_engine
 from moon_ray.weight_sync.base import merge_adapter
+from moon_ray.weight_sync.object_store import ObjectStoreTransport, Payload
 
 
 class RolloutWorker:
@@ -35,10 +40,10 @@ class RolloutWorker:
     def generate(self, prompts: Sequence[torch.Tensor], sampling: SamplingConfig) -> list[list[Rollout]]:
         return self.engine.generate(prompts, sampling)
 
-    def update_weights(self, payload: list, version: int, mode: str = "merged") -> int:
-        from moon_ray.weight_sync.object_store import from_wire
-
-        payload = from_wire(payload)
+    def update_weights(self, payload: Payload, version: int) -> int:
+        """Load an object-store payload (merged weights, or adapters merged here unless the engine
+        holds live adapters) and take `version`."""
+        mode, payload = payload.mode, payload.items()
         if mode == "adapter" and self.engine.supports_adapter:  # unmerged adapters: copy A/B, no merge
             self.engine.update_adapter(iter(payload), version)
             return version
@@ -109,15 +114,17 @@ class RolloutPool:
         self.engine, self.engine_kwargs = engine, engine_kwargs
         self.options = dict(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                             resources=resources.request(resources.ROLLOUT, use_custom_resources))
-        self.payload_ref, self.version, self.mode = None, 0, "merged"
+        self.transport = ObjectStoreTransport()
+        self.latest: Payload | None = None  # the last object-store payload, for actors that join later
+        self.version = 0
         self.restarts = 0
         self.actors = [self._spawn() for _ in range(num_workers)]
         ray.get([a.info.remote() for a in self.actors])  # wait until every engine is up
 
     def _spawn(self):
         actor = ray.remote(RolloutWorker).options(**self.options).remote(self.engine, self.engine_kwargs)
-        if self.payload_ref is not None:
-            ray.get(actor.update_weights.remote(self.payload_ref, self.version, self.mode))
+        if self.latest is not None:
+            self.transport.deliver(self.latest, [actor], self.version)
         return actor
 
     def generate(self, prompts: Sequence[torch.Tensor], sampling: SamplingConfig) -> list[list[Rollout]]:
@@ -139,12 +146,12 @@ class RolloutPool:
         self.actors = [fresh if a == dead else a for a in self.actors]
         return fresh
 
-    def sync(self, payload_refs: list, version: int, mode: str = "merged") -> dict:
-        """Every actor pulls the payload (payload_refs[0], put once by the trainer) and loads it."""
-        t0 = time.perf_counter()
-        self.payload_ref, self.version, self.mode = payload_refs[0], version, mode
-        ray.get([a.update_weights.remote(self.payload_ref, version, mode) for a in self.actors])
-        return {"sync_s": time.perf_counter() - t0, "actors": len(self.actors), "version": version}
+    def update_weights(self, payload: Payload, version: int) -> dict:
+        """Every actor pulls the payload (put once by the sender) and loads it; kept for new actors."""
+        with timed("sync_s") as phase:
+            self.latest, self.version = payload, version
+            self.transport.deliver(payload, self.actors, version)
+        return {"sync_s": phase.seconds, "actors": len(self.actors), "version": version}
 
     def resize(self, num_workers: int) -> int:
         if num_workers < 1:

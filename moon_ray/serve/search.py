@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from moon_ray.config import Config, ConfigError
+from moon_ray.infrastructure.timing import Stopwatch
 
 META_COLUMNS = ("id", "title", "brand", "article_type", "colour", "gender", "season", "usage", "master_category",
                 "sub_category", "material", "year", "split")
@@ -58,18 +59,18 @@ class CatalogIndex:
         table = load_products(cfg)
         n, bs = table.num_rows, cfg.serve.index_batch_size
         vectors = np.zeros((n, encoder.dim), dtype=np.float32)
-        start = time.perf_counter()
+        clock = Stopwatch()
         for s in range(0, n, bs):
             part = table.slice(s, bs)
             vectors[s : s + part.num_rows] = encoder.encode_products(
                 part.column("image").to_pylist(), part.column("title").to_pylist())
             if (s // bs) % 20 == 0:
                 log.warning("catalog index: %d / %d products embedded (%.0f s)", s + part.num_rows, n,
-                            time.perf_counter() - start)
+                            clock.elapsed())
         meta = table.select(list(META_COLUMNS)).to_pydict()
         manifest = {"model": model_key, "encoder": encoder.name, "dim": int(encoder.dim), "count": n,
                     "catalog": str(Path(cfg.data.output_dir).resolve()), "split": cfg.serve.index_split,
-                    "limit": cfg.serve.index_limit, "seconds": round(time.perf_counter() - start, 1),
+                    "limit": cfg.serve.index_limit, "seconds": round(clock.elapsed(), 1),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         return cls(vectors, meta, manifest, _faiss(vectors, cfg))
 

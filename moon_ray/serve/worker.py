@@ -177,7 +177,7 @@ def encode_products(encoder, images, titles):
 def reason(encoder, images, texts, max_tokens: int, batch_size: int):
     import torch
 
-    from moon_ray.rollout.prompts import generate_reasoning
+    from moon_ray.models.reasoning import generate_reasoning
     from moon_ray.serve.validation import count_tokens
 
     model = moon_model(encoder)

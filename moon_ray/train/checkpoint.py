@@ -2,69 +2,50 @@
 
     <dir>/trainable.safetensors   every parameter with requires_grad (LoRA, projector, fusion, …)
     <dir>/adapter/                the LM's PEFT adapter (PeftModel.from_pretrained loads it)
-    <dir>/optimizer.pt            AdamW + LR-scheduler state
+    <dir>/optimizer.safetensors   the tensors of the AdamW + LR-scheduler state
+    <dir>/optimizer.json          the rest of that state, tensors named by their safetensors key
     <dir>/config.yaml             the full run config
     <dir>/moon_state.json         {"step": N}
+
+Nothing here is unpickled: a checkpoint directory from anywhere cannot run code when it is loaded.
+Checkpoints written before this format (`optimizer.pt`) load through `torch.load(weights_only=True)`,
+which refuses anything but tensors and plain containers.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from moon_ray.config import Config, to_dict
+from moon_ray.models.trainable import load_trainable, save_trainable, unwrap
 
 STATE = "moon_state.json"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-def trainable_state(model: nn.Module, temperature: nn.Module) -> dict[str, torch.Tensor]:
-    state = {f"model.{n}": p.detach().cpu().contiguous() for n, p in unwrap(model).named_parameters() if p.requires_grad}
-    state["temperature.log_tau"] = temperature.log_tau.detach().cpu().reshape(1)
-    return state
+OPT_TENSORS, OPT_REST, OPT_LEGACY = "optimizer.safetensors", "optimizer.json", "optimizer.pt"
 
 
 def save_checkpoint(path: Path, model, temperature, optimizer, scheduler, step: int, cfg: Config) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state(model, temperature), str(path / "trainable.safetensors"))
+    save_trainable(path, model, temperature)
     lm = unwrap(model).lm
     if hasattr(lm, "save_pretrained") and hasattr(lm, "peft_config"):
         lm.save_pretrained(str(path / "adapter"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / "optimizer.pt")
+    save_state(path, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
     (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     (path / STATE).write_text(json.dumps({"step": step}))
     return path
-
-
-def load_trainable(path: Path, model, temperature) -> None:
-    """Load trainable weights into model/temperature; every saved tensor must find its parameter."""
-    state = load_file(str(path / "trainable.safetensors"))
-    params = dict(unwrap(model).named_parameters())
-    for key, value in state.items():
-        if key == "temperature.log_tau":
-            with torch.no_grad():
-                temperature.log_tau.copy_(value.reshape(()))
-            continue
-        name = key.removeprefix("model.")
-        if name not in params:
-            raise KeyError(f"checkpoint {path}: parameter {name!r} does not exist in the model")
-        with torch.no_grad():
-            params[name].copy_(value)
 
 
 def load_checkpoint(path: Path, model, temperature, optimizer=None, scheduler=None) -> int:
     """Restore weights (and optimizer/scheduler when given); returns the saved step."""
     load_trainable(path, model, temperature)
     if optimizer is not None:
-        opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+        opt = load_state(path)
         optimizer.load_state_dict(opt["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(opt["scheduler"])
@@ -79,3 +60,54 @@ def latest_checkpoint(root: Path) -> Path | None:
         if step > best_step:
             best, best_step = state.parent, step
     return best
+
+
+# ------------------------------------------------------------------ optimizer state without pickle
+def save_state(path: Path, state: dict) -> None:
+    """A nested state dict -> optimizer.safetensors (its tensors) + optimizer.json (everything else)."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest = _encode(state, tensors)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path / OPT_TENSORS))
+    (path / OPT_REST).write_text(json.dumps(rest))
+
+
+def load_state(path: Path) -> dict:
+    """The inverse of `save_state`; an old `optimizer.pt` loads only as tensors and plain containers."""
+    if (path / OPT_REST).exists():
+        return _decode(json.loads((path / OPT_REST).read_text()), load_file(str(path / OPT_TENSORS)))
+    if (path / OPT_LEGACY).exists():
+        try:
+            return torch.load(path / OPT_LEGACY, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError (or others) for anything beyond plain data
+            raise ValueError(f"{path / OPT_LEGACY}: refusing an optimizer state that is not plain tensors and "
+                             f"containers ({type(e).__name__}); resume with train.init_from={path} to keep the "
+                             "weights and start a fresh optimizer") from e
+    raise FileNotFoundError(f"{path}: no optimizer state ({OPT_REST} + {OPT_TENSORS})")
+
+
+def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = value
+        return {"__tensor__": key}
+    if isinstance(value, dict):
+        return {"__dict__": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"optimizer state holds a {type(value).__name__}, which has no safe serialisation")
+
+
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__tuple__" in value:
+            return tuple(_decode(v, tensors) for v in value["__tuple__"])
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in value["__dict__"]}
+    return value

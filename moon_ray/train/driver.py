@@ -1,6 +1,7 @@
-"""`moon-ray train`: contrastive (later joint) training of the MOON embedder on Ray Train.
+"""`moon-ray train`: contrastive or joint (contrastive + GRPO, rollout.enabled) training of the MOON
+embedder on Ray Train.
 
-    moon-ray train [--config pipelines/configs/train.yaml] [train.steps=300 ...]
+    moon-ray train [--config pipelines/configs/joint.yaml] [train.steps=300 ...]
 
 Reads the train split of the preprocessed catalog through Ray Data, runs `TorchTrainer` with
 `train.num_workers` DDP workers (gloo on CPU, NCCL on GPU), shows a progress bar fed by rank 0,
@@ -13,15 +14,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-import time
 from pathlib import Path
 
 import ray
 
-from moon_ray.infrastructure import resources
 from moon_ray.config import Config, to_dict
 from moon_ray.configlib import ConfigError
+from moon_ray.infrastructure import resources
 from moon_ray.infrastructure.runtime import init_ray
+from moon_ray.infrastructure.timing import Stopwatch
 from moon_ray.train.checkpoint import latest_checkpoint
 from moon_ray.train.worker import BATCH_COLUMNS, train_loop_per_worker
 
@@ -73,7 +74,7 @@ def run_train(cfg: Config) -> dict:
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     out = Path(cfg.train.output_dir).resolve()
     storage = out / "ray"
     resume_from = latest_checkpoint(storage) if cfg.train.resume else None
@@ -105,7 +106,7 @@ def run_train(cfg: Config) -> dict:
     summary = {"steps": cfg.train.steps, "resumed_from_step": start, "init_from": cfg.train.init_from,
                "checkpoint": str(final), "export": str(export),
                "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
-               "history": ray.get(progress.history.remote()), "seconds": round(time.perf_counter() - t0, 1)}
+               "history": ray.get(progress.history.remote()), "seconds": round(clock.elapsed(), 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -23,6 +23,7 @@ from moon_ray.losses.contrastive import (
     matryoshka_info_nce,
     symmetric_info_nce,
 )
+from moon_ray.models.temperature import Temperature
 from moon_ray.train.augment import augment
 
 ATTRS = ("gender", "colour", "article_type", "brand")
@@ -75,17 +76,6 @@ def make_batch(rows: dict[str, np.ndarray], rng: random.Random, image_size: int)
         attr_ids=torch.tensor([[attr_hash(rows[a][i]) for a in ATTRS] for i in range(n)], dtype=torch.long),
         query_attrs=torch.tensor(used, dtype=torch.bool),
     )
-
-
-class Temperature(nn.Module):
-    """τ = exp(log_τ), clamped to [0.01, 1]; learnable or fixed."""
-
-    def __init__(self, init: float, learn: bool):
-        super().__init__()
-        self.log_tau = nn.Parameter(torch.tensor(float(np.log(init))), requires_grad=learn)
-
-    def forward(self) -> torch.Tensor:
-        return self.log_tau.exp().clamp(0.01, 1.0)
 
 
 def text_positives(q_ids: torch.Tensor, q_used: torch.Tensor, c_ids: torch.Tensor) -> torch.Tensor:
@@ -147,6 +137,10 @@ class TrainingModule(nn.Module):
     def __init__(self, model: nn.Module, temperature: Temperature, cfg: Config):
         super().__init__()
         self.model, self.temperature, self.cfg = model, temperature, cfg
+
+    def prepare(self, batch: TrainBatch) -> tuple:
+        """Inputs of `forward` beyond the batch (none: joint training's reward phase goes here)."""
+        return ()
 
     def forward(self, batch: TrainBatch) -> tuple[dict, dict]:
         return training_forward(self.model, self.temperature, batch, self.cfg)

@@ -11,15 +11,17 @@ from __future__ import annotations
 import math
 import random
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from moon_ray.config import Config, build
-from moon_ray.train.checkpoint import latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint
-from moon_ray.train.joint import JointTrainingModule, generate_phase, sync_phase
-from moon_ray.train.task import Temperature, TrainingModule, make_batch
+from moon_ray.infrastructure.timing import PhaseTimer, Stopwatch
+from moon_ray.models.temperature import Temperature
+from moon_ray.models.trainable import load_trainable, unwrap
+from moon_ray.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from moon_ray.train.joint import rollout_side
+from moon_ray.train.task import make_batch
 
 BATCH_COLUMNS = ["id", "title", "image", "gender", "colour", "article_type", "brand"]
 
@@ -52,23 +54,30 @@ def build_training(cfg: Config, device: torch.device):
     return model, temperature, optimizer, scheduler
 
 
-def train_step(step_module, optimizer, scheduler, batch, cfg: Config, *extra) -> dict:
-    """One optimizer step; `step_module` is a (possibly DDP-wrapped) Training/JointTrainingModule."""
-    t0 = time.perf_counter()
-    losses, metrics = step_module(batch, *extra)
-    total = sum(v for k, v in losses.items() if k.endswith("_loss"))
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    if cfg.train.grad_clip > 0:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
-    optimizer.step()
-    scheduler.step()
-    metrics["time_update"] = time.perf_counter() - t0 - metrics.get("time_reward", 0.0)
+def train_step(step_module, optimizer, scheduler, batch, cfg: Config, *extra, timer: PhaseTimer | None = None) -> dict:
+    """One optimizer step; `step_module` is a (possibly DDP-wrapped) Training/JointTrainingModule.
+
+    Phases: reward (the module's `prepare`: joint training scores its rollouts, no grad) -> update
+    (forward, backward, optimizer step); their seconds come back as time_reward / time_update."""
+    timer = timer or PhaseTimer()
+    inner = unwrap(step_module)
+    if extra:
+        with timer("reward"):
+            extra = inner.prepare(batch, *extra)
+    with timer("update"):
+        losses, metrics = step_module(batch, *extra)
+        total = sum(v for k, v in losses.items() if k.endswith("_loss"))
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.train.grad_clip > 0:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
+        optimizer.step()
+        scheduler.step()
     out = {k: float(v.detach()) for k, v in losses.items()}
     out["loss"] = float(total.detach())
     out["lr"] = scheduler.get_last_lr()[0]
-    return {**out, **metrics}
+    return {**out, **metrics, **timer.metrics()}
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -85,34 +94,27 @@ def train_loop_per_worker(config: dict) -> None:
     initialised = step == 0 and bool(cfg.train.init_from)
     if initialised:
         load_trainable(Path(cfg.train.init_from), model, temperature)
-    pool = config.get("rollout_pool") if cfg.rollout.enabled else None
-    step_module = JointTrainingModule(model, temperature, cfg) if pool is not None else TrainingModule(model, temperature, cfg)
+    rollouts = rollout_side(config.get("rollout_pool"), cfg, rank)
+    step_module = rollouts.step_module(model, temperature, cfg)
     if ctx.get_world_size() > 1:
         step_module = prepare_model(step_module, parallel_strategy_kwargs={"find_unused_parameters": True})
-    if pool is not None and rank == 0 and (step > 0 or initialised):  # the actors still hold the base weights
-        sync_phase(model, pool, step, cfg.rollout.sync_mode, cfg.rollout.sync_backend)
+    rollouts.start(model, step, initialised)
     writer = _tensorboard(cfg) if rank == 0 else None
     progress = config.get("progress")
     shard = ray.train.get_dataset_shard("train")
     rng = random.Random(cfg.train.seed * 1000 + rank)
-    window, t0 = [], time.perf_counter()
+    window, clock = [], Stopwatch()
     while step < cfg.train.steps:
         for rows in shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", drop_last=True,
                                        local_shuffle_buffer_size=4 * cfg.train.batch_size):
-            batch = make_batch(rows, rng, cfg.model.vision.image_size)
-            extra, timing = (), {}
-            if pool is not None:
-                t_gen = time.perf_counter()
-                extra = (generate_phase(model, pool, batch, cfg, step, seed=cfg.train.seed * 100_003 + step * 17 + rank),)
-                timing["time_gen"] = time.perf_counter() - t_gen
-            metrics = train_step(step_module, optimizer, scheduler, batch, cfg, *extra) | timing
+            batch, timer = make_batch(rows, rng, cfg.model.vision.image_size), PhaseTimer()
+            extra = rollouts.generate(model, batch, step, timer)
+            metrics = train_step(step_module, optimizer, scheduler, batch, cfg, *extra, timer=timer)
             step += 1
-            if pool is not None and rank == 0 and step % cfg.rollout.sync_interval == 0:
-                metrics |= sync_phase(model, pool, step, cfg.rollout.sync_mode, cfg.rollout.sync_backend)
+            metrics |= rollouts.after_step(model, step, timer) | timer.metrics()
             window.append(metrics)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps or step % cfg.train.checkpoint_every == 0:
-                elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
-                report = _mean(window) | {"step": step, "samples_per_s": len(window) * cfg.train.batch_size * ctx.get_world_size() / elapsed}
+                report = _mean(window) | {"step": step, "samples_per_s": len(window) * cfg.train.batch_size * ctx.get_world_size() / clock.lap()}
                 window = []
                 _report(report, step, cfg, rank, model, temperature, optimizer, scheduler, writer, progress)
             if step >= cfg.train.steps:

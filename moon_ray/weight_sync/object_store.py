@@ -1,31 +1,45 @@
-"""Object-store broadcast (CPU): the trainer puts the payload once; every rollout actor pulls it.
+"""Object-store transport (the CPU default): the trainer puts the payload once; every actor pulls it.
 
 The payload travels as (name, numpy array) pairs: Ray deserialises numpy arrays zero-copy from shared
 memory, so an actor reads the weights in place (`from_wire`) instead of unpickling its own copy of
 every tensor; only the final copy into the engine's parameters touches the bytes.
+
+A `Payload` wraps the object reference, so it travels to actors unresolved: the rollout pool receives
+it, fans it out to its actors with `deliver`, and keeps it for actors that join later.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from moon_ray.weight_sync.base import adapter_weights, merged_weights, payload_bytes
-
-
-def make_payload(lm: nn.Module, mode: str) -> list[tuple[str, np.ndarray]]:
-    if mode == "merged":
-        return to_wire(merged_weights(lm))
-    if mode == "adapter":
-        return to_wire(adapter_weights(lm))
-    raise ValueError(f"weight sync mode must be merged or adapter, got {mode!r}")
+from moon_ray.infrastructure.timing import PhaseTimer
+from moon_ray.weight_sync.base import payload_bytes
+from moon_ray.weight_sync.transport import Weights, WeightTransport, register_transport
 
 
-def to_wire(items) -> list[tuple[str, np.ndarray]]:
+@dataclass(frozen=True)
+class Payload:
+    """Weights put once into the object store: `ref` -> list of (name, numpy array)."""
+
+    ref: Any
+    mode: str
+    bytes: int
+    tensors: int
+
+    def items(self) -> list[tuple[str, torch.Tensor]]:
+        """Fetch (zero-copy) and view as tensors; call on the receiving side."""
+        import ray
+
+        return from_wire(ray.get(self.ref))
+
+
+def to_wire(items: Weights) -> list[tuple[str, np.ndarray]]:
     """(name, tensor) -> (name, contiguous numpy array) for a zero-copy `ray.put`."""
     return [(name, t.detach().cpu().contiguous().numpy()) for name, t in items]
 
@@ -38,15 +52,32 @@ def from_wire(payload: list) -> list[tuple[str, torch.Tensor]]:
         return [(name, torch.from_numpy(a) if isinstance(a, np.ndarray) else a) for name, a in payload]
 
 
-def broadcast(lm: nn.Module, actors: list, version: int, mode: str = "merged") -> dict:
-    """Push the LM's weights to every actor (each has `update_weights(payload, version, mode)`)."""
-    import ray
+@register_transport("object_store")
+class ObjectStoreTransport(WeightTransport):
+    """One `ray.put`; every receiver (`update_weights(payload, version)`) pulls and loads it."""
 
-    t0 = time.perf_counter()
-    payload = make_payload(lm, mode)
-    ref = ray.put(payload)
-    t_put = time.perf_counter()
-    ray.get([a.update_weights.remote(ref, version, mode) for a in actors])
-    done = time.perf_counter()
-    return {"sync_s": done - t0, "put_s": t_put - t0, "pull_load_s": done - t_put, "bytes": payload_bytes(payload),
-            "tensors": len(payload), "actors": len(actors), "version": version, "mode": mode}
+    name = "object_store"
+
+    def put(self, weights: Weights) -> Payload:
+        import ray
+
+        wire = to_wire(weights)
+        return Payload(ref=ray.put(wire), mode=self.mode, bytes=payload_bytes(wire), tensors=len(wire))
+
+    def deliver(self, payload: Payload, actors: Sequence[Any], version: int) -> list:
+        """Hand an existing payload to `actors` (the pool does this for its actors and for new ones)."""
+        import ray
+
+        return ray.get([a.update_weights.remote(payload, version) for a in actors])
+
+    def send(self, weights: Weights, actors: Sequence[Any], version: int) -> dict:
+        timer = PhaseTimer(prefix="", suffix="_s")
+        with timer("put"):
+            payload = self.put(weights)
+        with timer("pull_load"):
+            answers = self.deliver(payload, actors, version)
+        t = timer.metrics()
+        # a pool answers with how many actors it loaded; a single actor with its new version
+        loaded = sum(a["actors"] if isinstance(a, dict) else 1 for a in answers)
+        return {"sync_s": t["put_s"] + t["pull_load_s"], **t, "bytes": payload.bytes, "tensors": payload.tensors,
+                "actors": loaded, "version": version, "mode": self.mode, "transport": self.name}

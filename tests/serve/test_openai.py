@@ -112,7 +112,7 @@ def test_concurrent_requests_are_batched_without_mixing_rows(tiny_client, tiny_l
 def test_reasoning_trace_is_generated_and_embedded(tiny_client, tiny_local):
     import torch
 
-    from moon_ray.rollout.prompts import generate_reasoning
+    from moon_ray.models.reasoning import generate_reasoning
 
     text = "Nike Men White Running Shoes"
     resp = tiny_client.embeddings.create(model="tiny", input=text, encoding_format="float",

@@ -14,6 +14,8 @@ from moon_ray.rollout.pool import RolloutPool, split_evenly
 from moon_ray.train.joint import JointTrainingModule, generate_phase, sync_phase
 from moon_ray.train.task import make_batch
 from moon_ray.train.worker import build_training, train_step
+from moon_ray.weight_sync.base import merged_weights
+from moon_ray.weight_sync.transport import create_transport
 from tests.train.test_model_and_step import rows
 from tests.train.tiny_lm import write_tiny_lm
 
@@ -80,12 +82,12 @@ def test_sync_changes_actor_outputs_and_versions(pool, tiny_dir):
     sampling = SamplingConfig(n=2, max_tokens=6, temperature=1.0, seed=7)
     before = ray.get(pool.generate.remote(prompts, sampling))
     model = perturbed_model(tiny_dir)  # adapters far from zero, so the merged weights differ
-    info = sync_phase(model, pool, version=5, mode="merged")
+    info = sync_phase(model, pool, 5, create_transport("object_store", mode="merged"))
     after = ray.get(pool.generate.remote(prompts, sampling))
     assert info["actors"] == 2 and all(r.version == 5 for g in after for r in g)
     assert [r.token_ids for g in before for r in g] != [r.token_ids for g in after for r in g]
     # adapter-only sync gives the actors the same weights as the merged one
-    sync_phase(model, pool, version=6, mode="adapter")
+    sync_phase(model, pool, 6, create_transport("object_store", mode="adapter"))
     again = ray.get(pool.generate.remote(prompts, sampling))
     assert [r.token_ids for g in again for r in g] == [r.token_ids for g in after for r in g]
 
@@ -151,12 +153,11 @@ class Sender:
         self.lm = lm
 
     def sync(self, actors: list, version: int, backend: str, group: str) -> dict:
-        from moon_ray.weight_sync import collective
+        from moon_ray.weight_sync.collective import CollectiveTransport
 
-        collective.init_group(actors, backend=backend, group=group)
         if backend == "nccl":
             self.lm.cuda()
-        return collective.broadcast(self.lm, actors, version, backend=backend, group=group)
+        return CollectiveTransport(backend=backend, prefix=group).send(merged_weights(self.lm), actors, version)
 
     def sync_pool(self, pool, versions: list[int], backend: str) -> tuple[list[dict], int]:
         """The joint loop's sync_phase over a collective group, once per version; and the groups made."""
@@ -164,8 +165,9 @@ class Sender:
 
         from moon_ray.train import joint
 
-        infos = [joint.sync_phase(SimpleNamespace(lm=self.lm), pool, v, "merged", backend) for v in versions]
-        return infos, joint._GROUP["count"]
+        transport = create_transport(backend)
+        infos = [joint.sync_phase(SimpleNamespace(lm=self.lm), pool, v, transport) for v in versions]
+        return infos, transport.groups_made
 
 
 def perturbed_model(tiny_dir):
@@ -182,7 +184,6 @@ def collective_matches_object_store(tiny_dir, backend: str, gpus: float) -> None
     """Two fresh rollout actors: one synced through the object store, one through the collective group;
     both then generate the same tokens with the same seed, and both report the new version."""
     from moon_ray.rollout.pool import RolloutWorker
-    from moon_ray.weight_sync import object_store
 
     model = perturbed_model(tiny_dir)
     worker = ray.remote(RolloutWorker).options(num_cpus=0.25, num_gpus=gpus)
@@ -193,7 +194,7 @@ def collective_matches_object_store(tiny_dir, backend: str, gpus: float) -> None
         prompts = [torch.randn(5, 128), torch.randn(7, 128)]
         sampling = SamplingConfig(n=2, max_tokens=6, temperature=1.0, seed=7)
         before = ray.get(received.generate.remote(prompts, sampling))
-        object_store.broadcast(model.lm, [reference], version=4)
+        create_transport("object_store").send(merged_weights(model.lm), [reference], version=4)
         info = ray.get(sender.sync.remote([received], 4, backend, f"test-{backend}"))
         assert info["actor_versions"] == [4] and info["tensors"] > 0 and info["backend"] == backend
         want = ray.get(reference.generate.remote(prompts, sampling))
