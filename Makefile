@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test lint bench preprocess clean
+.PHONY: venv demo test lint floors bench preprocess clean
 
 venv:
 	@bash scripts/bootstrap.sh $(VENV)
@@ -12,11 +12,15 @@ venv:
 demo: venv
 	$(VENV)/bin/moon-ray demo $(ARGS)
 
-test: venv
+# lint and the floors check run first: they take seconds and fail fast
+test: venv lint floors
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check moon_ray pipelines bench tests
+	$(VENV)/bin/ruff check moon_ray pipelines bench tests scripts
+
+floors: venv
+	$(PY) -m moon_ray.floors
 
 bench: venv
 	$(PY) bench/preprocess.py

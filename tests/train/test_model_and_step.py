@@ -152,3 +152,31 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model = build_training(tiny_cfg("train.gradient_checkpointing=true"), torch.device("cpu"))[0]
     flags = [layer.gradient_checkpointing for layer in decoder_layers(model.lm)]
     assert any(flags) and not all(flags)  # layers with a residual hook are left out
+
+
+class _NotPlainData:
+    """Anything torch.load(weights_only=True) must refuse (an arbitrary class: pickle would run code)."""
+
+
+def test_optimizer_state_roundtrips_without_pickle_and_old_files_are_checked(tmp_path):
+    cfg = tiny_cfg()
+    model, temperature, opt, sched = build_training(cfg, torch.device("cpu"))
+    train_step(TrainingModule(model, temperature, cfg), opt, sched, make_batch(rows(), random.Random(0), 224), cfg)
+    path = save_checkpoint(tmp_path / "step-000001", model, temperature, opt, sched, 1, cfg)
+    assert not (path / "optimizer.pt").exists() and (path / "optimizer.json").exists()
+    fresh, t2, opt2, sched2 = build_training(cfg, torch.device("cpu"))
+    load_checkpoint(path, fresh, t2, opt2, sched2)
+    want, got = opt.state_dict(), opt2.state_dict()
+    assert want["param_groups"] == got["param_groups"] and sched.state_dict() == sched2.state_dict()
+    assert want["state"].keys() == got["state"].keys()
+    for k, state in want["state"].items():
+        assert all(torch.equal(v, got["state"][k][name]) for name, v in state.items())
+    # a checkpoint from before the format: optimizer.pt of plain tensors and containers still loads
+    (path / "optimizer.json").unlink()
+    (path / "optimizer.safetensors").unlink()
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, path / "optimizer.pt")
+    assert load_checkpoint(path, fresh, t2, opt2, sched2) == 1
+    # ... but one that needs pickle to rebuild an object is refused, with what to do instead
+    torch.save({"optimizer": _NotPlainData(), "scheduler": {}}, path / "optimizer.pt")
+    with pytest.raises(ValueError, match="refusing an optimizer state.*train.init_from"):
+        load_checkpoint(path, fresh, t2, opt2, sched2)
