@@ -6,7 +6,7 @@
     moon-ray submit PIPELINE [--address URL] [key.sub=value ...]
     moon-ray jobs status|logs|stop JOB_ID [--follow] | moon-ray jobs list
     moon-ray demo [--fast]
-    moon-ray config [--config FILE] [key=value ...] [--describe]
+    moon-ray config [--config FILE] [key=value ...] [--describe | --write [PATH]]
     moon-ray weights
 
 Commands live in the module of their role; each entry below names `module:function` to run and the
@@ -18,9 +18,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
+import shlex
 import sys
+from pathlib import Path
 
-from moon_ray.config import ConfigError, describe, load_config, to_dict
+from moon_ray.config import Config, ConfigError, describe, load_config, to_dict, to_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_YAML = "pipelines/configs/default.yaml"  # under ROOT: what `moon-ray config --write` regenerates
 
 # name -> (runner "module:function", help, [argument adders: "config" or "module:function"])
 COMMANDS: dict[str, tuple[str, str, list[str]]] = {
@@ -30,13 +36,13 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
              ["config", "moon_ray.eval.evaluate:add_eval_args"]),
     "serve": ("moon_ray.serve.app:cli_serve", "serve /v1/embeddings and /v1/search with Ray Serve",
               ["config", "moon_ray.serve.app:add_serve_args"]),
-    "submit": ("moon_ray.jobs:cli_submit", "submit a pipeline to a Ray cluster as a Ray job",
-               ["moon_ray.jobs:add_submit_args"]),
-    "jobs": ("moon_ray.jobs:cli_jobs", "status, logs or stop of a submitted job", ["moon_ray.jobs:add_jobs_args"]),
+    "submit": ("moon_ray.jobs.cli:cli_submit", "submit a pipeline to a Ray cluster as a Ray job",
+               ["moon_ray.jobs.cli:add_submit_args"]),
+    "jobs": ("moon_ray.jobs.cli:cli_jobs", "status, logs or stop of a submitted job", ["moon_ray.jobs.cli:add_jobs_args"]),
     "demo": ("moon_ray.cli:cmd_demo", "the whole system end to end on this machine (the README's main job)",
              ["moon_ray.cli:add_demo_args"]),
-    "config": ("moon_ray.cli:cmd_config", "print the resolved configuration (or --describe every field)",
-               ["config", "moon_ray.cli:add_config_args"]),
+    "config": ("moon_ray.cli:cmd_config", "print the resolved configuration (--describe every field, "
+               "--write it as commented YAML)", ["config", "moon_ray.cli:add_config_args"]),
     "weights": ("moon_ray.cli:cmd_weights", "materialise the packaged pretrained weights into the cache", []),
 }
 
@@ -47,7 +53,11 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--describe", action="store_true", help="list every field with its help")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--describe", action="store_true", help="list every field with its help")
+    mode.add_argument("--write", nargs="?", const=DEFAULT_YAML, metavar="PATH",
+                      help=f"write the configuration as YAML, each field under its help, to PATH (default: the "
+                           f"repository's {DEFAULT_YAML}, from the defaults; overrides go before --write)")
 
 
 def cmd_preprocess(args) -> int:
@@ -91,9 +101,39 @@ def cmd_config(args) -> int:
     if args.describe:
         print("\n".join(describe()))
         return 0
+    if args.write:
+        return write_config(args.write, args.config, args.overrides)
     import yaml
 
     print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
+    return 0
+
+
+def config_yaml(cfg: Config, command: list[str]) -> str:
+    """`cfg` as commented YAML whose first line is the command that writes it (it regenerates the file)."""
+    return to_yaml(cfg, header=[
+        f"{shlex.join(command)}  (generated from moon_ray/config.py; do not edit by hand)",
+        "Every field with its default and help (one line each: moon-ray config --describe). Run a pipeline",
+        f"with it: moon-ray preprocess --config {DEFAULT_YAML} [key.sub=value ...]",
+    ])
+
+
+def write_config(path: str, config: str | None, overrides: list[str]) -> int:
+    """`moon-ray config [--config FILE] [overrides] --write [PATH]`: the defaults (or the resolved config)
+    as commented YAML. Without PATH it regenerates the repository's default.yaml from the dataclasses,
+    so that file cannot drift from them (tests/test_config.py checks it is current)."""
+    if re.match(r"^[A-Za-z_][\w.-]*=", path):
+        raise ConfigError(f"--write took the override {path!r} as its PATH; put overrides before --write")
+    command = ["moon-ray", "config", *(["--config", config] if config else []), *overrides, "--write"]
+    if path == DEFAULT_YAML:
+        if config or overrides:
+            raise ConfigError(f"--write without PATH writes the defaults to {DEFAULT_YAML}; to write a config "
+                              "with --config or overrides, name the file: --write PATH")
+        target = ROOT / DEFAULT_YAML
+    else:
+        target, command = Path(path), [*command, path]
+    target.write_text(config_yaml(load_config(config, overrides), command))
+    print(f"wrote {target}")
     return 0
 
 

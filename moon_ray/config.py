@@ -20,11 +20,15 @@ import yaml
 from moon_ray.configlib import (  # noqa: F401  (re-exported: the project imports them from here)
     ConfigError,
     _set_dotted,
+    absolute_path,
     build,
+    flatten,
     opt,
     parse_override,
     to_dict,
     to_overrides,
+    to_yaml,
+    with_absolute_paths,
 )
 
 

@@ -1,5 +1,6 @@
 """Config machinery: frozen-dataclass fields with help strings, building dataclasses from mappings
-with key and type checks, dotted overrides, and conversion back to dicts/overrides.
+with key and type checks, dotted overrides, conversion back to dicts, overrides and commented YAML,
+and pinning a config's relative paths.
 
 The project's sections and root `Config` live in `moon_ray/config.py`, which re-exports these names.
 """
@@ -7,9 +8,13 @@ The project's sections and root `Config` live in `moon_ray/config.py`, which re-
 from __future__ import annotations
 
 import dataclasses
+import os
+import textwrap
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -129,18 +134,103 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
-def to_overrides(cfg: Any, prefix: str = "") -> list[str]:
-    """Every leaf as 'a.b=value' (YAML-encoded), the inverse of `load_config` overrides."""
-    out = []
-    for key, value in to_dict(cfg).items():
-        out.extend(_leaves(prefix + key, value))
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a config (a dataclass, or a nested dict whose keys may be dotted already) under its
+    dotted key: {"serve": {"port": 8001}, "data.limit": 5} -> {"serve.port": 8001, "data.limit": 5}.
+
+    The one walk over a config's leaves: overrides, path rewriting and builder args all start from it."""
+    if dataclasses.is_dataclass(tree):
+        tree = to_dict(tree)
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        elif not isinstance(value, dict):
+            out[prefix + key] = value
     return out
 
 
-def _leaves(key: str, value: Any) -> list[str]:
-    if isinstance(value, dict):
-        return [x for k, v in value.items() for x in _leaves(f"{key}.{k}", v)]
+def to_overrides(cfg: Any, prefix: str = "", *, verbatim_strings: bool = False) -> list[str]:
+    """Every leaf as 'a.b=value', the inverse of `load_config` overrides: values are YAML-encoded, so they
+    parse back to themselves. With `verbatim_strings`, a string goes as it is, i.e. it is read as override
+    text ("7" -> 7): for values that were override text already (a Serve config's builder args)."""
+    return [f"{key}={_override_text(value, verbatim_strings)}" for key, value in flatten(cfg, prefix).items()]
+
+
+def _override_text(value: Any, verbatim_strings: bool) -> str:
+    if verbatim_strings and isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        value = list(value)
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-    if text.endswith("..."):
-        text = text[: -3].strip()
-    return [f"{key}={text}"]
+    return text.removesuffix("...").strip()
+
+
+def absolute_path(path: str | os.PathLike, *, cwd: str | os.PathLike | None = None,
+                  search: Sequence[str | os.PathLike] = ()) -> str:
+    """`path` made absolute (`~` expanded): a relative path is taken under `cwd` (default: the current
+    directory), or under the first directory of `search` that holds it when `cwd` does not; an absolute
+    path is returned as given.
+
+    Config paths are relative to where the config is read, but Ray workers, Serve replicas and jobs run
+    elsewhere: the process that reads the config pins its paths with this before handing it on."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return str(p)
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    for where in (base, *map(Path, search)):
+        if (where / p).exists():
+            return str((where / p).resolve())
+    return str((base / p).resolve())
+
+
+def with_absolute_paths(cfg: Any, keys: Iterable[str], *, cwd: str | os.PathLike | None = None,
+                        search: Sequence[str | os.PathLike] = ()) -> Any:
+    """A copy of the frozen config `cfg` whose values under the dotted `keys` are `absolute_path`s
+    (None and "" stay: an unset path)."""
+    for key in keys:
+        value = _get_dotted(cfg, key)
+        if value not in (None, ""):
+            cfg = _replace_dotted(cfg, key, absolute_path(value, cwd=cwd, search=search))
+    return cfg
+
+
+def _get_dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _replace_dotted(cfg: Any, key: str, value: Any) -> Any:
+    head, _, rest = key.partition(".")
+    if rest:
+        value = _replace_dotted(getattr(cfg, head), rest, value)
+    return dataclasses.replace(cfg, **{head: value})
+
+
+def to_yaml(cfg: Any, header: Sequence[str] = ()) -> str:
+    """`cfg` as YAML that loads back to it, every field under its help string as a comment, sections
+    apart: the generated pipelines/configs/default.yaml (`moon-ray config --write`). `header` lines open
+    the file as comments."""
+    lines = [f"# {line}".rstrip() for line in header]
+    _yaml_section(cfg, 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_section(obj: Any, depth: int, out: list[str]) -> None:
+    pad = "  " * depth
+    for f in dataclasses.fields(obj):
+        if depth == 0 and out:
+            out.append("")  # a blank line before each top-level section
+        help_text = f.metadata.get("help", "")
+        out.extend(f"{pad}# {line}" for line in textwrap.wrap(help_text, width=max(40, 108 - len(pad))))
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.append(f"{pad}{f.name}:")
+            _yaml_section(value, depth + 1, out)
+        else:
+            plain = to_dict(value)
+            flow = None if isinstance(plain, (list, dict)) else False  # [a, b] on one line; scalars plain
+            text = yaml.safe_dump({f.name: plain}, default_flow_style=flow, sort_keys=False, width=10_000,
+                                  allow_unicode=True)
+            out.append(textwrap.indent(text.rstrip("\n"), pad))

@@ -13,10 +13,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 from moon_ray.config import Config, load_config
+from moon_ray.infrastructure.timing import PhaseTimer, Stopwatch
 
 OUT = "outputs/demo"
 COMMON = [
@@ -47,37 +47,33 @@ def run_demo(fast: bool = False, overrides: list[str] | None = None) -> Path:
     from moon_ray.train.driver import run_train
 
     cfg = demo_config(fast, list(overrides or []))
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
+    timer, total = PhaseTimer(prefix=""), Stopwatch()  # seconds per step, under the step's name
 
     banner("1/5 preprocess the catalog (Ray Data)")
-    t = time.perf_counter()
-    stats = run_preprocess(cfg)
-    times["preprocess"] = time.perf_counter() - t
+    with timer("preprocess"):
+        stats = run_preprocess(cfg)
     print(f"input {stats['input']} = ok {stats['ok']} + rejected {stats['rejected']}; splits {stats['splits']}")
 
     banner(f"2/5 joint training: {cfg.train.steps} steps, {cfg.train.num_workers} DDP workers, "
            f"{cfg.rollout.num_workers} {cfg.rollout.engine} rollout actor(s)")
-    t = time.perf_counter()
-    summary = run_train(cfg)
-    times["train"] = time.perf_counter() - t
+    with timer("train"):
+        summary = run_train(cfg)
 
     banner("3/5 evaluate the trained model and the frozen baseline on the held-out split")
-    t = time.perf_counter()
-    results = {}
-    for model in (summary["export"], "frozen"):
-        results[model] = run_eval(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, model=model)))
-    table = compare([Path(r["output_dir"]) for r in results.values()], Path(cfg.eval.output_dir) / "compare")
-    times["eval"] = time.perf_counter() - t
+    with timer("eval"):
+        results = {}
+        for model in (summary["export"], "frozen"):
+            results[model] = run_eval(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, model=model)))
+        table = compare([Path(r["output_dir"]) for r in results.values()], Path(cfg.eval.output_dir) / "compare")
     print(table)
 
     banner("4/5 index the catalog and serve it (Ray Serve); example searches over HTTP")
-    t = time.perf_counter()
-    searches = serve_and_search(dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, model=summary["export"])))
-    times["serve"] = time.perf_counter() - t
+    with timer("serve"):
+        served = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, model=summary["export"]))
+        searches = serve_and_search(served)
 
     banner("5/5 report")
-    times["total"] = time.perf_counter() - t0
+    times = {**timer.metrics(), "total": total.elapsed()}
     path = write_report(cfg, stats, summary, table, searches, times, fast)
     print(f"demo finished in {times['total'] / 60:.1f} min\nreport: {path.resolve()}", flush=True)
     return path

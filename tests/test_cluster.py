@@ -15,8 +15,8 @@ import pytest
 import ray
 import yaml
 
-from moon_ray.infrastructure import resources
 from moon_ray.config import load_config
+from moon_ray.infrastructure import resources
 from moon_ray.jobs import pipeline_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def test_every_name_the_code_requests_is_declared():
     used = set()
     for path in (ROOT / "moon_ray").rglob("*.py"):
         text = path.read_text()
-        imports = re.search(r"from moon_ray(\.resources import| import resources)", text)
+        imports = re.search(r"from moon_ray(\.infrastructure)?(\.resources import| import resources)", text)
         if path.name != "resources.py" and imports:
             used |= {getattr(resources, n) for n in re.findall(r"\b(TRAINER|ROLLOUT|SERVE|DATA)\b", text)}
     assert resources.TRAINER in used  # the trainer requests its slots (moon_ray/train/driver.py)

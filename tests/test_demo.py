@@ -30,3 +30,34 @@ def test_demo_fast_end_to_end(tmp_path):
         assert section in text, section
     assert "input 300 = ok" in text and "frozen" in text
     assert (report.parent / "training.png").exists()
+
+
+def test_demo_times_each_step_with_the_shared_timer(monkeypatch, tmp_path):
+    """run_demo's wiring without the work: each step is timed under its name (infrastructure.timing), and
+    the total covers them all."""
+    import time
+
+    import moon_ray.catalog.ingest as ingest
+    import moon_ray.demo as demo
+    import moon_ray.eval.evaluate as evaluate
+    import moon_ray.eval.report as report
+    import moon_ray.train.driver as driver
+
+    def slow(result):
+        def step(*args, **kwargs):
+            time.sleep(0.05)
+            return result
+        return step
+
+    written = {}
+    monkeypatch.setattr(ingest, "run_preprocess", slow({"input": 1, "ok": 1, "rejected": 0, "splits": {}}))
+    monkeypatch.setattr(driver, "run_train", slow({"export": str(tmp_path / "export"), "history": []}))
+    monkeypatch.setattr(evaluate, "run_eval", slow({"output_dir": str(tmp_path / "eval")}))
+    monkeypatch.setattr(report, "compare", slow("| table |"))
+    monkeypatch.setattr(demo, "serve_and_search", slow([]))
+    monkeypatch.setattr(demo, "write_report", lambda *a: written.update(times=a[5]) or tmp_path / "report.md")
+    assert demo.run_demo(fast=True) == tmp_path / "report.md"
+    times = written["times"]
+    assert list(times) == ["preprocess", "train", "eval", "serve", "total"]
+    assert times["preprocess"] >= 0.05 and times["eval"] >= 0.15  # two evaluations and the comparison
+    assert times["total"] >= sum(v for k, v in times.items() if k != "total")

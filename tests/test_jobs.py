@@ -9,19 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shlex
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -40,24 +30,14 @@ from moon_ray.jobs import (
     resolve_address,
 )
 from tests.conftest import ROOT, real_overrides
+from tests.ray_head import BIN, free_ports, local_head
 
 # Ray's job client opens its log websocket with ssl=None, which aiohttp deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
-BIN = Path(sys.executable).parent  # the venv's bin: `ray`, and the `python` the job must run
 
 
 def overrides_of(entrypoint: str) -> dict[str, str]:
     return dict(a.split("=", 1) for a in shlex.split(entrypoint) if "=" in a and not a.startswith("-"))
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 # ------------------------------------------------------------------------------ without a cluster
@@ -186,72 +166,11 @@ def test_unreachable_address_is_a_clean_error(capsys):
 
 
 # --------------------------------------------------------------------- a local head with token auth
-def _wait_ready(address: str, token: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    request = urllib.request.Request(f"{address}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(1)
-    pytest.fail(f"the job server at {address} did not come up in {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen, address: str, token: str) -> None:
-    """Stop unfinished jobs (their drivers run in sessions of their own), then SIGKILL the head's process
-    group (its own, start_new_session: gcs, raylet, dashboard, workers). A SIGTERM would make `ray start
-    --block` drain the node for up to 30 s first; nothing here needs that."""
-    headers = {"Authorization": f"Bearer {token}"}
-    try:
-        jobs = urllib.request.Request(f"{address}/api/jobs/", headers=headers)
-        with urllib.request.urlopen(jobs, timeout=10) as r:
-            running = [j["submission_id"] for j in json.load(r) if j["status"] in ("PENDING", "RUNNING")]
-        for job_id in running:
-            stop = urllib.request.Request(f"{address}/api/jobs/{job_id}/stop", method="POST", headers=headers)
-            urllib.request.urlopen(stop, timeout=10).close()
-        time.sleep(3 if running else 0)
-    except (urllib.error.URLError, OSError, ValueError):
-        pass  # the head is already gone
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def head():
-    """`ray start --head` on free ports, 2 CPUs, its own temp dir, RAY_AUTH_MODE=token with its own token."""
-    base = Path(tempfile.mkdtemp(prefix="mrjobs-", dir="/tmp"))  # short: Ray's socket paths are limited
-    token = secrets.token_hex(32)
-    (base / "token").write_text(token)
-    gcs, dash, agent, agent_grpc, metrics, rtenv, client, node, objects = free_ports(9)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN_PATH=str(base / "token"))
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", f"--temp-dir={base / 'ray'}",
-           f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dash}",
-           f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-           f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rtenv}",
-           f"--ray-client-server-port={client}", f"--node-manager-port={node}",
-           f"--object-manager-port={objects}",
-           f"--object-store-memory={300 * 1024 * 1024}", "--disable-usage-stats"]
-    log = base / "head.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        address = f"http://127.0.0.1:{dash}"
-        _wait_ready(address, token, proc, log, timeout=120)
-        yield SimpleNamespace(address=address, token=token, token_path=base / "token", base=base)
-    finally:
-        _stop(proc, f"http://127.0.0.1:{dash}", token)
-        shutil.rmtree(base, ignore_errors=True)
+    """A local head whose PATH starts with this venv's bin (tests/ray_head.py), as after `source .venv/bin/activate`."""
+    with local_head(path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}") as started:
+        yield started
 
 
 def moon_ray(head, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
@@ -287,6 +206,8 @@ def test_submit_preprocess_to_a_token_authenticated_head(head, shared_data, as_u
     assert done.returncode == 0, done.stdout + done.stderr
     job_id = re.search(r"submitted job (raysubmit_\w+)", done.stdout).group(1)
     assert f"job {job_id} SUCCEEDED" in done.stdout
+    # the cluster's `python` (this venv, first on its PATH) passed the check: the entrypoint is left as it is
+    assert "entrypoint: python pipelines/preprocess.py" in done.stdout and "[moon-ray]" not in done.stderr
     assert "input 50 = ok" in done.stdout  # the job's own output, streamed
     stats = json.loads((out / "stats.json").read_text())
     assert stats["input"] == 50 == stats["ok"] + stats["rejected"]
@@ -298,7 +219,7 @@ def test_submit_preprocess_to_a_token_authenticated_head(head, shared_data, as_u
     code, stdout, _ = as_user("jobs", "logs", job_id)
     assert code == 0 and "input 50 = ok" in stdout
     code, stdout, _ = as_user("jobs", "list")
-    assert code == 0 and job_id in stdout
+    assert code == 0 and job_id in stdout and "moon-ray-probe" not in stdout  # the probe job is deleted
     code, stdout, _ = as_user("jobs", "stop", job_id)
     assert code == 0 and "not running (SUCCEEDED)" in stdout
     code, _, stderr = as_user("jobs", "status", job_id, RAY_AUTH_TOKEN="not-the-token")

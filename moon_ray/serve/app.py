@@ -36,10 +36,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ray import serve
 
-from moon_ray.config import Config, ConfigError, build, load_config, to_dict
+from moon_ray.config import (
+    Config,
+    ConfigError,
+    absolute_path,
+    build,
+    load_config,
+    to_dict,
+    to_overrides,
+    with_absolute_paths,
+)
+from moon_ray.infrastructure.timing import timed
 
 APP_NAME = "moon-ray"
 ENV_KEY = "MOON_RAY_API_KEY"
@@ -121,42 +130,18 @@ def config_from_args(args: dict[str, Any] | None) -> Config:
         overrides = overrides.split()
     if not isinstance(overrides, list):
         raise ConfigError(f"build_app: 'overrides' must be a list of key.sub=value strings, got {overrides!r}")
-    cfg = load_config(resolve(path) if path else None, [*flatten(args), *map(str, overrides)])
+    # Builder args hold override text ("serve.max_inputs": "7" is the number 7), hence verbatim strings.
+    settings = to_overrides(args, verbatim_strings=True)
+    cfg = load_config(absolute_path(path, search=[REPO]) if path else None, [*settings, *map(str, overrides)])
     return absolute_paths(cfg)
 
 
-def flatten(args: dict[str, Any], prefix: str = "") -> list[str]:
-    """{"serve": {"port": 8001}, "data.limit": 5} -> ["serve.port=8001", "data.limit=5"]."""
-    out = []
-    for key, value in args.items():
-        if isinstance(value, dict):
-            out.extend(flatten(value, f"{prefix}{key}."))
-        elif isinstance(value, str):
-            out.append(f"{prefix}{key}={value}")
-        else:
-            text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-            out.append(f"{prefix}{key}={text.removesuffix('...').strip()}")
-    return out
-
-
-def resolve(path: str | Path) -> str:
-    """An absolute path: as given, else under the current directory, else under the repository root."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return str(p)
-    for base in (Path.cwd(), REPO):
-        if (base / p).exists():
-            return str((base / p).resolve())
-    return str((Path.cwd() / p).resolve())
-
-
 def absolute_paths(cfg: Config) -> Config:
-    """Replicas may run in another directory: pin the paths the deployment reads."""
-    s, d = cfg.serve, cfg.data
-    model = resolve(s.model) if ("/" in s.model or Path(s.model).is_dir()) else s.model
-    serve_cfg = dataclasses.replace(s, model=model, index_dir=resolve(s.index_dir) if s.index_dir else None)
-    data = dataclasses.replace(d, output_dir=resolve(d.output_dir))
-    return dataclasses.replace(cfg, serve=serve_cfg, data=data)
+    """Replicas may run in another directory: pin the paths the deployment reads (each under the current
+    directory, else under the repository root: `serve run` and KubeRay start in either)."""
+    model_is_path = "/" in cfg.serve.model or Path(cfg.serve.model).is_dir()  # else a baseline's name
+    keys = ["data.output_dir", "serve.index_dir", *(["serve.model"] if model_is_path else [])]
+    return with_absolute_paths(cfg, keys, search=[REPO])
 
 
 def check_sources(cfg: Config) -> None:
@@ -289,10 +274,10 @@ def cli_build_index(cfg: Config, out: str) -> int:
     from moon_ray.serve.search import CatalogIndex
 
     check_sources(dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, index_dir=None, index_limit=None)))
-    start_time = time.perf_counter()
-    encoder = load_encoder(cfg)
-    index = CatalogIndex.build(cfg, encoder, model_key(cfg))
-    path = index.save(resolve(out))
+    with timed("build_index") as phase:
+        encoder = load_encoder(cfg)
+        index = CatalogIndex.build(cfg, encoder, model_key(cfg))
+        path = index.save(absolute_path(out, search=[REPO]))
     print(f"indexed {index.size} products with {encoder.name} (dim {encoder.dim}) in "
-          f"{time.perf_counter() - start_time:.0f} s: {path}\nserve it: moon-ray serve serve.index_dir={path}")
+          f"{phase.seconds:.0f} s: {path}\nserve it: moon-ray serve serve.index_dir={path}")
     return 0
