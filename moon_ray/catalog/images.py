@@ -1,6 +1,7 @@
 """Image validation, decoding to RGB and resizing to the encoder's resolution.
 
-`load_image` returns resized JPEG bytes or raises `ImageReject` whose message is the reject reason:
+`read_bytes` reads the file and `process` decodes, checks and resizes it (JPEG bytes at `cfg.size`);
+either raises `ImageReject` whose message is the reject reason:
 
 | reason            | when                                                                 |
 | ----------------- | -------------------------------------------------------------------- |

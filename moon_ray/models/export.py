@@ -2,7 +2,7 @@
 
     <export>/trainable.safetensors  LoRA + projector + fusion + residual + MoE head (+ temperature)
     <export>/adapter/               the PEFT LoRA adapter of the LM (PeftModel.from_pretrained loads it
-                                    on the base LM named in moon_config.yaml)
+                                    on the base LM named in MOON_MODEL)
     <export>/tokenizer/             the tokenizer
     <export>/config.yaml            the run config (model section rebuilds the embedder)
     <export>/MOON_MODEL             marker with the base LM path
