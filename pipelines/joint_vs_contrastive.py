@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 from moon_ray.config import load_config
 from moon_ray.eval.evaluate import run_eval
 from moon_ray.eval.report import compare, model_slug
+from moon_ray.infrastructure.timing import timed
 from moon_ray.train.driver import run_train
 
 JOINT_YAML = Path(__file__).parent / "configs" / "joint.yaml"
@@ -87,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict = {"init": str(args.init), "steps": args.steps, "seconds": {}, "history": {}}
     for name in ("contrastive", "joint"):
         cfg = arm_config(name, args, args.overrides)
-        t = time.perf_counter()
         done = args.out / name / "summary.json"
         keep = args.skip_train or (args.reuse and done.exists() and json.loads(done.read_text()).get("steps") == args.steps)
-        run = json.loads(done.read_text()) if keep else run_train(cfg)
-        summary["seconds"][f"train_{name}"] = run["seconds"] if keep else round(time.perf_counter() - t, 1)
+        with timed("train") as phase:
+            run = json.loads(done.read_text()) if keep else run_train(cfg)
+        summary["seconds"][f"train_{name}"] = run["seconds"] if keep else round(phase.seconds, 1)
         summary["history"][name] = run["history"]
     dirs = list(args.results)
     models = [] if args.results else ["frozen", str(args.init)]
@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             dirs.append(done)
             continue
         cfg = arm_config("joint", args, args.overrides)
-        t = time.perf_counter()
-        results = run_eval(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, model=model)))
-        summary["seconds"][f"eval_{results['name']}"] = round(time.perf_counter() - t, 1)
+        with timed("eval") as phase:
+            results = run_eval(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, model=model)))
+        summary["seconds"][f"eval_{results['name']}"] = round(phase.seconds, 1)
         dirs.append(Path(results["output_dir"]))
     table = compare(dirs, args.out / "compare")
     plot_rewards(summary["history"]["joint"], args.out / "reward_curve.png")

@@ -11,14 +11,13 @@ checkpoint there, and exports the final model to train.output_dir/export.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 from pathlib import Path
 
 import ray
 
-from moon_ray.config import Config, to_dict
+from moon_ray.config import Config, to_dict, with_absolute_paths
 from moon_ray.configlib import ConfigError
 from moon_ray.infrastructure import resources
 from moon_ray.infrastructure.runtime import init_ray
@@ -61,10 +60,10 @@ def _resolve_init_from(cfg: Config) -> Config:
     """Check `train.init_from` on the driver and make it absolute (workers may run elsewhere)."""
     if not cfg.train.init_from:
         return cfg
-    path = Path(cfg.train.init_from).resolve()
-    if not (path / "trainable.safetensors").is_file():
-        raise ConfigError(f"train.init_from: {path} has no trainable.safetensors (not a checkpoint or export)")
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=str(path)))
+    cfg = with_absolute_paths(cfg, ["train.init_from"])
+    if not (Path(cfg.train.init_from) / "trainable.safetensors").is_file():
+        raise ConfigError(f"train.init_from: {cfg.train.init_from} has no trainable.safetensors (not a checkpoint or export)")
+    return cfg
 
 
 def run_train(cfg: Config) -> dict:
