@@ -1,11 +1,13 @@
-"""Evaluation on the held-out split (MBE-style): metrics, degradations, FAISS, baselines, reports.
+"""Evaluation on the held-out split (MBE-style and Marqo's KAGL): metrics, degradations, reports.
 
-- `metrics.py`   pure numpy metrics (nDCG@k, hit@k, recall@k, tie-aware zero-shot accuracy)
+- `metrics.py`   pure numpy metrics (nDCG@k, hit@k, recall@k, P@k, MRR@k, tie-aware zero-shot accuracy,
+                 bootstrap 95 % intervals over queries)
 - `degrade.py`   the deterministic hard degradation that makes image queries
-- `index.py`     FAISS flat / HNSW inner-product indexes (GPU when FAISS sees one)
-- `baselines.py` the `frozen` and `random` encoders
-- `data.py`      the split, its text queries and the encode requests
+- `data.py`      the split, its text queries (training template and held-out wordings) and the encode requests
 - `embed.py`     Ray Data `map_batches` on an actor pool
-- `evaluate.py`  `moon-ray eval`: the whole run, and the CLI
+- `evaluate.py`  `moon-ray eval`: the whole run, and the CLI (`--protocol mbe|kagl`)
+- `kagl.py`      Marqo's KAGL protocol on our split, beside Marqo's published numbers
 - `report.py`    results.json / results.md / plots, `--compare`
+
+FAISS indexes live in moon_ray/infrastructure/index.py, the baseline encoders in moon_ray/models/baselines.py.
 """

@@ -5,14 +5,17 @@
 
 Products come from `cfg.data.output_dir`/products (catalog order, the first `eval.limit` of the
 split), queries from queries/<split>.parquet; with a limit, each query keeps the relevant products
-that remain and a query left with none is dropped. `build_requests` lists every input the encoder has
+that remain and a query left with none is dropped. Each query also gets a held-out wording
+(moon_ray/catalog/wording.py: an order, synonyms and forms the training sampler never writes, seeded by
+`eval.seed` and the query id), never equal to a training wording of any of its relevant products. `build_requests` lists every input the encoder has
 to embed, in named parts (a slice each):
 
 | part            | image                  | text                         | used by                     |
 | --------------- | ---------------------- | ---------------------------- | --------------------------- |
 | product         | product image          | title                        | the index; zero-shot (mm)   |
 |                 | (`Encoder.encode_products`; every other part goes through `Encoder.encode`)        |
-| text_query      | —                      | "Men Navy Blue Shirts"       | text → product              |
+| text_query      | —                      | "Men Navy Blue Shirts"       | text → product (template)   |
+| text_unseen     | —                      | "navy shirt for gents"       | text → product (primary)    |
 | image_degraded  | degrade(image, seed, id) | —                          | image → product (same)      |
 | image           | product image          | —                            | similar products; zero-shot |
 | image_text      | degrade(image, seed, id) | "Navy Blue Shirts"         | image+text → product        |
@@ -21,11 +24,13 @@ to embed, in named parts (a slice each):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
+from moon_ray.catalog.wording import training_wordings, unseen_wording
 from moon_ray.config import Config, ConfigError
 
 PRODUCT_COLUMNS = ("id", "row", "title", "image", "gender", "colour", "article_type", "season", "usage",
@@ -38,8 +43,9 @@ class EvalSet:
 
     split: str
     products: dict[str, list]  # column -> values, PRODUCT_COLUMNS
-    queries: list[str]
+    queries: list[str]  # the training template: "Men Navy Blue Shirts"
     query_relevant: list[list[int]]  # product indices per query
+    unseen_queries: list[str] = dataclasses.field(default_factory=list)  # the same queries in held-out wordings
 
     @property
     def size(self) -> int:
@@ -69,15 +75,25 @@ def load_split(cfg: Config) -> EvalSet:
     query_path = root / "queries" / f"{split}.parquet"
     if not query_path.exists():
         raise FileNotFoundError(f"no text queries at {query_path}: {hint}")
-    queries = pq.read_table(query_path, columns=["text", "relevant_ids"]).to_pydict()
+    columns = ["query_id", "text", "gender", "colour", "article_type", "relevant_ids"]
+    queries = pq.read_table(query_path, columns=columns).to_pylist()
     position = {pid: i for i, pid in enumerate(products["id"])}
-    texts, relevant = [], []
-    for text, ids in zip(queries["text"], queries["relevant_ids"], strict=True):
-        rel = sorted(position[p] for p in ids if p in position)
+    texts, relevant, unseen = [], [], []
+    for q in queries:
+        rel = sorted(position[p] for p in q["relevant_ids"] if p in position)
         if rel:
-            texts.append(text)
+            texts.append(q["text"])
             relevant.append(rel)
-    return EvalSet(split=split, products=products, queries=texts, query_relevant=relevant)
+            unseen.append(held_out_wording(q, rel, products, cfg.eval.seed))
+    return EvalSet(split=split, products=products, queries=texts, query_relevant=relevant, unseen_queries=unseen)
+
+
+def held_out_wording(query: dict, relevant: list[int], products: dict[str, list], seed: int) -> str:
+    """The query in a wording the training sampler cannot write for any of its relevant products."""
+    forbidden: set[str] = set()
+    for i in relevant:
+        forbidden |= training_wordings(*(products[f][i] for f in ("brand", "gender", "colour", "article_type")))
+    return unseen_wording(query["gender"], query["colour"], query["article_type"], query["query_id"], seed, forbidden)
 
 
 def phrase(colour: str | None, article_type: str | None) -> str:
@@ -97,6 +113,7 @@ def build_requests(data: EvalSet, fields: tuple[str, ...]) -> tuple[pa.Table, di
     parts: list[tuple[str, list, list, list]] = [
         ("product", p["image"], p["title"], [None] * n),
         ("text_query", [None] * len(data.queries), data.queries, [None] * len(data.queries)),
+        ("text_unseen", [None] * len(data.unseen_queries), data.unseen_queries, [None] * len(data.unseen_queries)),
         ("image_degraded", p["image"], [None] * n, p["id"]),
         ("image", p["image"], [None] * n, [None] * n),
         ("image_text", p["image"], [phrase(c, a) or None for c, a in zip(p["colour"], p["article_type"], strict=True)],

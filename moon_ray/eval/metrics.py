@@ -79,6 +79,43 @@ def recall_at_k(ranked: np.ndarray, relevant: Sequence[Collection[int]], k: int)
     return np.array([np.nan if g is None else g.sum() / len(r) for g, r in zip(gains, relevant, strict=True)])
 
 
+def precision_at_k(ranked: np.ndarray, relevant: Sequence[Collection[int]], k: int) -> np.ndarray:
+    """(Q,) relevant products in the top k divided by k — trec_eval's P@k (what BEIR, and so Marqo's
+    KAGL leaderboard, report): the divisor is k even when fewer than k products were retrieved."""
+    return np.array([np.nan if g is None else g.sum() / k for g in _gains(ranked, relevant, k)])
+
+
+def mrr_at_k(ranked: np.ndarray, relevant: Sequence[Collection[int]], k: int) -> np.ndarray:
+    """(Q,) 1 / rank of the first relevant product within the top k, 0 when none is there.
+
+    Marqo's `utils/metrics.py::mrr` walks only the retrieved list (their top max(Ks) = 10), so their
+    MRR is MRR@10; NaN (left out of the mean) only where a query has no relevant product at all."""
+    out = np.full(len(relevant), np.nan)
+    for q, g in enumerate(_gains(ranked, relevant, k)):
+        if g is not None:
+            hits = np.flatnonzero(g)
+            out[q] = 1.0 / (hits[0] + 1) if hits.size else 0.0
+    return out
+
+
+def bootstrap_ci(per_query: np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of the defined per-query values.
+
+    Resamples the queries with replacement `n` times (numpy Generator seeded by `seed`), takes the mean
+    of each resample and returns the (1 - level)/2 and (1 + level)/2 quantiles. NaN entries (undefined
+    queries) are dropped first; (nan, nan) when none is left."""
+    values = np.asarray(per_query, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    step = max(1, 2_000_000 // values.size)  # resamples per chunk: bounded memory for large query sets
+    means = np.concatenate([values[rng.integers(0, values.size, size=(min(step, n - i), values.size))].mean(axis=1)
+                            for i in range(0, n, step)])
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def recall_curve(ranked: np.ndarray, relevant: Sequence[Collection[int]], ks: Sequence[int]) -> list[float]:
     """Mean recall@k for each k in `ks` (over queries with a relevant product)."""
     return [mean_defined(recall_at_k(ranked, relevant, k)) for k in ks]
@@ -91,8 +128,8 @@ def mean_defined(values: np.ndarray) -> float:
     return float(defined.mean()) if defined.size else float("nan")
 
 
-def zero_shot_accuracy(scores: np.ndarray, labels: np.ndarray, atol: float = 1e-6) -> float:
-    """Tie-aware accuracy of nearest-label classification.
+def zero_shot_correct(scores: np.ndarray, labels: np.ndarray, atol: float = 1e-6) -> np.ndarray:
+    """(N,) tie-aware correctness of nearest-label classification, per item.
 
     scores: (N, L) similarity of each item to each label prompt; labels: (N,) true label index.
     An item whose true label is among the t labels tied for the best score (within `atol`) counts
@@ -104,9 +141,15 @@ def zero_shot_accuracy(scores: np.ndarray, labels: np.ndarray, atol: float = 1e-
     if scores.ndim != 2 or scores.shape[0] != labels.shape[0]:
         raise ValueError(f"scores must be (N, L) with N = {labels.shape[0]}, got {scores.shape}")
     if scores.shape[0] == 0:
-        return float("nan")
+        return np.zeros(0)
     tied = scores >= scores.max(axis=1, keepdims=True) - atol
-    return float((tied[np.arange(len(labels)), labels] / tied.sum(axis=1)).mean())
+    return tied[np.arange(len(labels)), labels] / tied.sum(axis=1)
+
+
+def zero_shot_accuracy(scores: np.ndarray, labels: np.ndarray, atol: float = 1e-6) -> float:
+    """Mean of `zero_shot_correct`: tie-aware accuracy (NaN with no items)."""
+    correct = zero_shot_correct(scores, labels, atol)
+    return float(correct.mean()) if correct.size else float("nan")
 
 
 def tie_fraction(scores: np.ndarray, atol: float = 1e-6) -> float:

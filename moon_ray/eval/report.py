@@ -14,16 +14,22 @@ import math
 import re
 from pathlib import Path
 
+from moon_ray.catalog.wording import TRAINING_QUERY_FIELDS
+
 FIELD_NAMES = {"article_type": "articleType", "colour": "baseColour"}
 TASK_NAMES = {
-    "text": "text → product",
+    "text_unseen": "text → product, unseen wording",
+    "text": "text → product, training template",
     "image_same": "image → product (same, degraded)",
     "image_similar": "image → product (similar)",
     "image_text": "image+text → product",
 }
-ORDER = ["text/nDCG@10", "text/hit@1", "text/hit@10", "image_same/R@1", "image_same/R@10",
-         "image_similar/nDCG@10", "image_text/R@1", "image_text/R@10"]
-PRIMARY = "text/nDCG@10"
+ORDER = ["text_unseen/nDCG@10", "text_unseen/hit@1", "text_unseen/hit@10", "text/nDCG@10", "text/hit@1",
+         "text/hit@10", "image_same/R@1", "image_same/R@10", "image_similar/nDCG@10", "image_text/R@1",
+         "image_text/R@10"]
+PRIMARY = "text_unseen/nDCG@10"
+ZERO_SHOT_SOURCES = ("zero_shot_multimodal", "zero_shot_image")
+SEEN_FIELDS = TRAINING_QUERY_FIELDS  # fields whose values the trainer writes as text queries
 
 
 def model_slug(model: str) -> str:
@@ -41,19 +47,30 @@ def label(key: str) -> str:
     """'text/nDCG@10' -> 'text → product nDCG@10 (primary)'; 'zero_shot_image/colour' -> …"""
     group, _, metric = key.partition("/")
     if group.startswith("zero_shot_"):
-        return f"zero-shot {FIELD_NAMES.get(metric, metric)} ({group.removeprefix('zero_shot_')})"
+        seen = "label seen as a training query" if metric in SEEN_FIELDS else "label never a training query"
+        return f"zero-shot {FIELD_NAMES.get(metric, metric)} ({group.removeprefix('zero_shot_')}; {seen})"
     text = f"{TASK_NAMES.get(group, group)} {metric}"
     return text + " (primary)" if key == PRIMARY else text
 
 
 def metric_keys(results: list[dict]) -> list[str]:
     """The metrics of all results, in the report order (extra keys after, in their own order)."""
-    seen = [k for r in results for k in r["metrics"]]
-    return [k for k in ORDER if k in seen] + list(dict.fromkeys(k for k in seen if k not in ORDER))
+    seen = list(dict.fromkeys(k for r in results for k in r["metrics"]))
+    zero = [k for k in seen if k.partition("/")[0] in ZERO_SHOT_SOURCES]
+    zero.sort(key=lambda k: (ZERO_SHOT_SOURCES.index(k.partition("/")[0]), k.partition("/")[2] not in SEEN_FIELDS))
+    rest = [k for k in seen if k not in ORDER and k not in zero]
+    return [k for k in ORDER if k in seen] + zero + rest
 
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _cell(result: dict, key: str) -> str:
+    """'0.743 [0.712, 0.771]': the value and its bootstrap 95 % interval, when the result has one."""
+    lo, hi = (result.get("ci95", {}).get(key) or (None, None))
+    value = _fmt(result["metrics"].get(key))
+    return value if lo is None or value == "—" else f"{value} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
 def markdown_table(results: list[dict], names: list[str] | None = None) -> str:
@@ -62,7 +79,7 @@ def markdown_table(results: list[dict], names: list[str] | None = None) -> str:
     head = " | ".join(names)
     lines = [f"| metric | {head} |", "| --- |" + " ---: |" * len(names)]
     for key in metric_keys(results):
-        lines.append(f"| {label(key)} | " + " | ".join(_fmt(r["metrics"].get(key)) for r in results) + " |")
+        lines.append(f"| {label(key)} | " + " | ".join(_cell(r, key) for r in results) + " |")
     lines += ["", f"| queries / items | {head} |", "| --- |" + " ---: |" * len(names)]
     count_keys = list(dict.fromkeys(k for r in results for k in r["counts"]))
     for key in count_keys:
@@ -70,7 +87,8 @@ def markdown_table(results: list[dict], names: list[str] | None = None) -> str:
     lines += ["", "| run | " + head + " |", "| --- |" + " ---: |" * len(names)]
     for key in ("split", "n_products", "dim", "index"):
         lines.append(f"| {key} | " + " | ".join(str(r.get(key, "—")) for r in results) + " |")
-    notes = _tie_notes(results, names)
+    notes = ["- [a, b]: bootstrap 95 % interval over queries (1,000 resamples)."] if any("ci95" in r for r in results) else []
+    notes += _tie_notes(results, names)
     return "\n".join(lines + ([""] + notes if notes else []))
 
 

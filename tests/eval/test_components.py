@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from moon_ray.models.baselines import IMAGE_DIM, RandomEncoder
 from moon_ray.eval.degrade import degrade
-from moon_ray.infrastructure.index import build_index, search
 from moon_ray.eval.metrics import top_k
+from moon_ray.infrastructure.index import build_index, search
+from moon_ray.models.baselines import IMAGE_DIM, RandomEncoder
 from moon_ray.models.encoder import get_encoder, registered
 
 

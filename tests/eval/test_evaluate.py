@@ -30,7 +30,11 @@ def test_requests_cover_every_task(real_slice):
     data = load_split(eval_cfg(real_slice, "unused", "random"))
     assert data.size > 30 and data.queries
     assert all(all(0 <= i < data.size for i in rel) for rel in data.query_relevant)
+    assert len(data.unseen_queries) == len(data.queries)
+    assert all(u != q for u, q in zip(data.unseen_queries, data.queries, strict=True))
     table, parts = build_requests(data, ("article_type", "gender"))
+    unseen = table.slice(parts["text_unseen"].start, len(data.queries)).column("text").to_pylist()
+    assert unseen == data.unseen_queries
     n = data.size
     assert [parts[p].stop - parts[p].start for p in ("product", "image_degraded", "image", "image_text")] == [n] * 4
     assert table.num_rows == parts["label/gender"].stop
@@ -47,6 +51,14 @@ def test_frozen_beats_random_on_a_real_slice(evaluated):
     for key, value in frozen.items():
         assert 0.0 <= value <= 1.0, key
     assert frozen["text/nDCG@10"] > 0.5 and frozen["text/nDCG@10"] > random["text/nDCG@10"] + 0.3
+    # held-out wordings: harder than the template for a text model, still far above random
+    assert frozen["text_unseen/nDCG@10"] > random["text_unseen/nDCG@10"] + 0.2
+    for key, value in frozen.items():
+        lo, hi = results["frozen"]["ci95"][key]
+        assert lo <= value + 1e-9 and value <= hi + 1e-9, key
+    assert results["frozen"]["zero_shot_groups"] == {
+        "seen_as_training_queries": ["article_type", "colour", "gender"],
+        "never_training_queries": ["season", "usage"]}
     assert frozen["image_same/R@10"] > 0.6 > random["image_same/R@10"]
     assert frozen["image_text/R@1"] > random["image_text/R@1"] + 0.3
     assert frozen["image_similar/nDCG@10"] > random["image_similar/nDCG@10"]
@@ -67,7 +79,11 @@ def test_report_files_written_and_readable(evaluated):
     assert loaded["split"] == "test" and loaded["n_products"] == results["frozen"]["n_products"]
     assert loaded["curves"]["image_same"]["k"][0] == 1
     md = (run / "results.md").read_text()
-    assert "text → product nDCG@10 (primary)" in md and "zero-shot articleType (image)" in md
+    assert "text → product, unseen wording nDCG@10 (primary)" in md and "text → product, training template" in md
+    assert "zero-shot articleType (image; label seen as a training query)" in md
+    assert "zero-shot season (multimodal; label never a training query)" in md
+    rows = [line.split(" |")[0] for line in md.splitlines() if line.startswith("| zero-shot")]
+    assert [r.endswith("never a training query)") for r in rows] == [False] * 3 + [True] * 2 + [False] * 3 + [True] * 2
     assert (run / "metrics.png").read_bytes()[:4] == b"\x89PNG"
 
 

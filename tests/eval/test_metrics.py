@@ -98,3 +98,52 @@ def test_bad_shapes_raise():
         M.hit_at_k(np.array([[0]]), [{0}], 0)
     with pytest.raises(ValueError, match="N = 3"):
         M.zero_shot_accuracy(np.zeros((2, 2)), np.zeros(3, int))
+
+
+def test_kagl_metrics_on_a_toy_ranking():
+    """Marqo's definitions (trec_eval P and R via BEIR, their MRR over the top 10), derived by hand."""
+    ranked = np.array([[4, 7, 1, 9, 0, 2, 3, 5, 6, 8],    # relevant 7 (rank 2) and 9 (rank 4); 11 missed
+                       [2, 0, 1, 3, 4, 5, 6, 7, 8, 9],    # relevant 2 at rank 1
+                       [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])   # relevant 11 not retrieved
+    relevant = [{7, 9, 11}, {2}, {11}]
+    assert M.precision_at_k(ranked, relevant, 1).tolist() == [0.0, 1.0, 0.0]
+    np.testing.assert_allclose(M.precision_at_k(ranked, relevant, 10), [0.2, 0.1, 0.0])
+    np.testing.assert_allclose(M.mrr_at_k(ranked, relevant, 10), [0.5, 1.0, 0.0])
+    np.testing.assert_allclose(M.recall_at_k(ranked, relevant, 1), [0.0, 1.0, 0.0])
+    np.testing.assert_allclose(M.recall_at_k(ranked, relevant, 10), [2 / 3, 1.0, 0.0])
+    assert M.mean_defined(M.precision_at_k(ranked, relevant, 1)) == pytest.approx(1 / 3)
+    assert M.mean_defined(M.precision_at_k(ranked, relevant, 10)) == pytest.approx(0.1)
+    assert M.mean_defined(M.mrr_at_k(ranked, relevant, 10)) == pytest.approx(0.5)
+    assert M.mean_defined(M.recall_at_k(ranked, relevant, 10)) == pytest.approx(5 / 9)
+    # MRR only sees the top k: relevant at rank 4 counts 1/4 with k=10, 0 with k=3
+    assert M.mrr_at_k(ranked[:1], [{9}], 10)[0] == pytest.approx(0.25)
+    assert M.mrr_at_k(ranked[:1], [{9}], 3)[0] == 0.0
+
+
+def test_precision_divides_by_k_even_when_the_pool_is_smaller():
+    # trec_eval P@10 on a pool of 3 (padded with -1): 2 relevant retrieved -> 2/10, not 2/3
+    padded = np.array([[1, 0, 2, -1, -1, -1, -1, -1, -1, -1]])
+    assert M.precision_at_k(padded, [{0, 1}], 10)[0] == pytest.approx(0.2)
+    assert math.isnan(M.precision_at_k(padded, [set()], 10)[0])
+    assert math.isnan(M.mrr_at_k(padded, [set()], 10)[0])
+
+
+def test_bootstrap_ci():
+    assert M.bootstrap_ci(np.full(50, 0.4), n=200, seed=1) == pytest.approx((0.4, 0.4))
+    values = np.array([0.0, 1.0] * 200 + [np.nan])  # NaN (undefined query) left out
+    lo, hi = M.bootstrap_ci(values, n=1000, seed=3)
+    # mean 0.5, standard error 0.5 / sqrt(400) = 0.025: the 95 % interval is about 0.5 ± 0.049
+    assert lo == pytest.approx(0.451, abs=0.01) and hi == pytest.approx(0.549, abs=0.01)
+    assert M.bootstrap_ci(values, n=1000, seed=3) == (lo, hi)  # seeded: reproducible
+    assert M.bootstrap_ci(values, n=1000, seed=4) != (lo, hi)
+    assert all(math.isnan(x) for x in M.bootstrap_ci(np.array([np.nan]), n=10))
+    # chunked resampling (many queries) gives an interval of the right width too
+    big = np.tile([0.0, 1.0], 50_000)
+    lo, hi = M.bootstrap_ci(big, n=100, seed=0)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * 0.5 / math.sqrt(big.size), rel=0.3)
+
+
+def test_zero_shot_correct_per_item():
+    scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.5, 0.5, 0.1]])
+    np.testing.assert_allclose(M.zero_shot_correct(scores, np.array([0, 0, 1])), [1.0, 0.0, 0.5])
+    assert M.zero_shot_correct(np.zeros((0, 3)), np.zeros(0, int)).shape == (0,)
