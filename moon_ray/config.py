@@ -256,6 +256,11 @@ class TrainConfig:
     log_every: int = opt(10, "Report metrics every N steps.")
     seed: int = opt(0, "Random seed.")
     limit: int | None = opt(None, "Use at most N training products (None: the whole train split).")
+    eval_every: int = opt(60, "Score the val split (as `moon-ray eval` does) every N steps and at the last "
+                          "step; keep the best checkpoint by select_metric and export it (0: off, export the last).")
+    select_metric: str = opt("text_unseen/nDCG@10", "Val metric (higher is better) that chooses the checkpoint "
+                             "to export, a key of `moon-ray eval`'s metrics.")
+    val_limit: int | None = opt(None, "Validate on at most N val products (None: the whole val split).")
 
 
 # -------------------------------------------------------------------------------------------- index

@@ -39,23 +39,28 @@ class EmbedActor:
             sys.modules["torch"].set_num_threads(max(1, threads))
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        from moon_ray.eval.degrade import degrade
+        return {"row": batch.column("row").to_numpy(), "embedding": embed_batch(self.encoder, batch, self.seed)}
 
-        images = batch.column("image").to_pylist()
-        keys = batch.column("degrade").to_pylist()
-        images = [degrade(im, self.seed, key) if key is not None and im is not None else im
-                  for im, key in zip(images, keys, strict=True)]
-        texts = batch.column("text").to_pylist()
-        is_product = np.asarray(batch.column("product").to_pylist(), dtype=bool)
-        parts = []
-        for rows, fn in ((np.flatnonzero(is_product), self.encoder.encode_products),
-                         (np.flatnonzero(~is_product), self.encoder.encode)):
-            if rows.size:
-                parts.append((rows, np.asarray(fn([images[i] for i in rows], [texts[i] for i in rows]), np.float32)))
-        vecs = np.zeros((len(texts), parts[0][1].shape[1]), dtype=np.float32)
-        for rows, v in parts:
-            vecs[rows] = v
-        return {"row": batch.column("row").to_numpy(), "embedding": vecs}
+
+def embed_batch(encoder, batch: pa.Table, seed: int) -> np.ndarray:
+    """(N, dim) float32 embeddings of a request table: product rows through `encode_products`, the rest
+    through `encode`; images with a `degrade` key are degraded first (deterministically by seed + key)."""
+    from moon_ray.eval.degrade import degrade
+
+    images = batch.column("image").to_pylist()
+    keys = batch.column("degrade").to_pylist()
+    images = [degrade(im, seed, key) if key is not None and im is not None else im
+              for im, key in zip(images, keys, strict=True)]
+    texts = batch.column("text").to_pylist()
+    is_product = np.asarray(batch.column("product").to_pylist(), dtype=bool)
+    parts = []
+    for rows, fn in ((np.flatnonzero(is_product), encoder.encode_products), (np.flatnonzero(~is_product), encoder.encode)):
+        if rows.size:
+            parts.append((rows, np.asarray(fn([images[i] for i in rows], [texts[i] for i in rows]), np.float32)))
+    vecs = np.zeros((len(texts), parts[0][1].shape[1]), dtype=np.float32)
+    for rows, v in parts:
+        vecs[rows] = v
+    return vecs
 
 
 def embed_requests(requests: pa.Table, cfg: Config) -> np.ndarray:

@@ -78,6 +78,15 @@ class MoonEncoder(Encoder):
         self.batch_size = batch_size
         self.reasoning = self.cfg.rollout.enabled if reasoning is None else reasoning
 
+    @classmethod
+    def over(cls, model, cfg: Config, name: str = "live", batch_size: int = 32, reasoning: bool = False) -> MoonEncoder:
+        """The same encoder over a model in memory (a trainer's live model, for validation); the caller
+        puts it in eval mode and back."""
+        enc = cls.__new__(cls)
+        enc.model, enc.cfg, enc.name, enc.dim = model, cfg, name, cfg.model.embed_dim
+        enc.batch_size, enc.reasoning = batch_size, reasoning
+        return enc
+
     def encode(self, images: Sequence[bytes | None], texts: Sequence[str | None]) -> np.ndarray:
         return self._encode(images, texts, is_query=True)
 

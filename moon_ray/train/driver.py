@@ -6,7 +6,9 @@ embedder on Ray Train.
 Reads the train split of the preprocessed catalog through Ray Data, runs `TorchTrainer` with
 `train.num_workers` DDP workers (gloo on CPU, NCCL on GPU), shows a progress bar fed by rank 0,
 checkpoints every `train.checkpoint_every` steps under train.output_dir/ray, resumes from the latest
-checkpoint there, and exports the final model to train.output_dir/export.
+checkpoint there, scores the val split every `train.eval_every` steps (train/validate.py), and exports
+the checkpoint with the best `train.select_metric` on val (the last one when validation is off) to
+train.output_dir/export.
 """
 
 from __future__ import annotations
@@ -100,10 +102,12 @@ def run_train(cfg: Config) -> dict:
     if final is None:
         raise RuntimeError(f"training finished without a checkpoint under {storage}")
     from moon_ray.models.export import export_model
+    from moon_ray.train.validate import best_checkpoint
 
-    export = export_model(final, out / "export")
+    best = best_checkpoint(out) if cfg.train.eval_every > 0 else None  # chosen on val, never on test
+    export = export_model(best[0] if best else final, out / "export")
     summary = {"steps": cfg.train.steps, "resumed_from_step": start, "init_from": cfg.train.init_from,
-               "checkpoint": str(final), "export": str(export),
+               "checkpoint": str(final), "export": str(export), "selected": best[1] if best else None,
                "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
                "history": ray.get(progress.history.remote()), "seconds": round(clock.elapsed(), 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

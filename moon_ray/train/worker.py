@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -99,6 +100,7 @@ def train_loop_per_worker(config: dict) -> None:
     if ctx.get_world_size() > 1:
         step_module = prepare_model(step_module, parallel_strategy_kwargs={"find_unused_parameters": True})
     rollouts.start(model, step, initialised)
+    choose = Selection(cfg, fresh=step == 0) if rank == 0 and cfg.train.eval_every > 0 else None
     writer = _tensorboard(cfg) if rank == 0 else None
     progress = config.get("progress")
     shard = ray.train.get_dataset_shard("train")
@@ -111,16 +113,42 @@ def train_loop_per_worker(config: dict) -> None:
             extra = rollouts.generate(model, batch, step, timer)
             metrics = train_step(step_module, optimizer, scheduler, batch, cfg, *extra, timer=timer)
             step += 1
-            metrics |= rollouts.after_step(model, step, timer) | timer.metrics()
+            metrics |= rollouts.after_step(model, step, timer)
+            if choose is not None and choose.due(step):
+                save = partial(save_checkpoint, model=model, temperature=temperature, optimizer=optimizer,
+                               scheduler=scheduler, step=step, cfg=cfg)
+                with timer("val"):
+                    metrics |= choose(step, model, save)
+            metrics |= timer.metrics()
             window.append(metrics)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps or step % cfg.train.checkpoint_every == 0:
-                report = _mean(window) | {"step": step, "samples_per_s": len(window) * cfg.train.batch_size * ctx.get_world_size() / clock.lap()}
+                train_s = clock.lap() - sum(m.get("time_val", 0.0) for m in window)  # validation is not training
+                report = _mean(window) | {"step": step, "samples_per_s": len(window) * cfg.train.batch_size * ctx.get_world_size() / train_s}
                 window = []
                 _report(report, step, cfg, rank, model, temperature, optimizer, scheduler, writer, progress)
             if step >= cfg.train.steps:
                 break
     if writer is not None:
         writer.close()
+
+
+class Selection:
+    """Rank 0's validation: val metrics every `train.eval_every` steps and at the last; the best
+    checkpoint by `train.select_metric` kept in output_dir/best (train/validate.py)."""
+
+    def __init__(self, cfg: Config, fresh: bool):
+        from moon_ray.train.validate import BestKeeper, Validator
+
+        self.every, self.last = cfg.train.eval_every, cfg.train.steps
+        self.validator, self.keeper = Validator(cfg), BestKeeper(cfg, fresh)
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.last
+
+    def __call__(self, step: int, model, save) -> dict:
+        metrics = self.validator(model)
+        improved = self.keeper.offer(step, metrics, save)
+        return metrics | {"val/best_step": float(self.keeper.best["step"]), "val/improved": float(improved)}
 
 
 def _restore(resume_from: str | None, model, temperature, optimizer, scheduler) -> int:
