@@ -73,13 +73,33 @@ def _cell(result: dict, key: str) -> str:
     return value if lo is None or value == "—" else f"{value} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
-def markdown_table(results: list[dict], names: list[str] | None = None) -> str:
-    """A Markdown table: one row per metric, one column per result; then the query counts and notes."""
+def overlap(a: dict, b: dict, key: str) -> bool | None:
+    """Whether the bootstrap 95 % intervals of `key` in results a and b overlap (None: one has none)."""
+    ia, ib = a.get("ci95", {}).get(key), b.get("ci95", {}).get(key)
+    if not ia or not ib or any(v is None or math.isnan(v) for v in (*ia, *ib)):
+        return None
+    return ia[0] <= ib[1] and ib[0] <= ia[1]
+
+
+def _mark(result: dict, reference: dict, key: str) -> str:
+    """' ≈' when the interval overlaps the reference column's, ' ▲' / ' ▼' when it lies above / below."""
+    same = overlap(result, reference, key)
+    if same is None or result is reference:
+        return ""
+    if same:
+        return " ≈"
+    return " ▲" if result["metrics"][key] > reference["metrics"][key] else " ▼"
+
+
+def markdown_table(results: list[dict], names: list[str] | None = None, mark_overlap: bool = False) -> str:
+    """A Markdown table: one row per metric, one column per result; then the query counts and notes.
+    mark_overlap: each column after the first is marked against the first (≈ intervals overlap, ▲/▼ not)."""
     names = names or [r["name"] for r in results]
     head = " | ".join(names)
     lines = [f"| metric | {head} |", "| --- |" + " ---: |" * len(names)]
     for key in metric_keys(results):
-        lines.append(f"| {label(key)} | " + " | ".join(_cell(r, key) for r in results) + " |")
+        cells = [_cell(r, key) + (_mark(r, results[0], key) if mark_overlap else "") for r in results]
+        lines.append(f"| {label(key)} | " + " | ".join(cells) + " |")
     lines += ["", f"| queries / items | {head} |", "| --- |" + " ---: |" * len(names)]
     count_keys = list(dict.fromkeys(k for r in results for k in r["counts"]))
     for key in count_keys:
@@ -88,6 +108,9 @@ def markdown_table(results: list[dict], names: list[str] | None = None) -> str:
     for key in ("split", "n_products", "dim", "index"):
         lines.append(f"| {key} | " + " | ".join(str(r.get(key, "—")) for r in results) + " |")
     notes = ["- [a, b]: bootstrap 95 % interval over queries (1,000 resamples)."] if any("ci95" in r for r in results) else []
+    if mark_overlap and len(results) > 1:
+        notes.append(f"- against {names[0]}: ≈ the intervals overlap (no clear difference); ▲ / ▼ above / below "
+                     "it with non-overlapping intervals.")
     notes += _tie_notes(results, names)
     return "\n".join(lines + ([""] + notes if notes else []))
 
@@ -129,7 +152,7 @@ def compare(dirs: list[Path], out_dir: Path) -> str:
     names = [r.get("name", d.name) for r, d in zip(results, dirs, strict=True)]
     if len(set(names)) < len(names):
         names = [str(d) for d in dirs]
-    table = markdown_table(results, names)
+    table = markdown_table(results, names, mark_overlap=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.md").write_text("# moon-ray eval: comparison\n\n" + table + "\n")
     summary = {
@@ -137,6 +160,10 @@ def compare(dirs: list[Path], out_dir: Path) -> str:
         "dirs": [str(d) for d in dirs],
         "metrics": {k: {n: r["metrics"].get(k) for n, r in zip(names, results, strict=True)}
                     for k in metric_keys(results)},
+        "ci95": {k: {n: r.get("ci95", {}).get(k) for n, r in zip(names, results, strict=True)}
+                 for k in metric_keys(results)},
+        "overlaps_first": {k: {n: overlap(r, results[0], k) for n, r in zip(names[1:], results[1:], strict=True)}
+                           for k in metric_keys(results)},
         "counts": {n: r["counts"] for n, r in zip(names, results, strict=True)},
     }
     (out_dir / "compare.json").write_text(to_json(summary))

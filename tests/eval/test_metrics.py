@@ -147,3 +147,21 @@ def test_zero_shot_correct_per_item():
     scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.5, 0.5, 0.1]])
     np.testing.assert_allclose(M.zero_shot_correct(scores, np.array([0, 0, 1])), [1.0, 0.0, 0.5])
     assert M.zero_shot_correct(np.zeros((0, 3)), np.zeros(0, int)).shape == (0,)
+
+
+def test_compare_marks_overlapping_intervals():
+    from moon_ray.eval.report import markdown_table, overlap
+
+    key = "text/nDCG@10"
+    base = {"name": "a", "metrics": {key: 0.50}, "ci95": {key: [0.45, 0.55]}, "counts": {}}
+    close = {"name": "b", "metrics": {key: 0.53}, "ci95": {key: [0.50, 0.58]}, "counts": {}}
+    above = {"name": "c", "metrics": {key: 0.70}, "ci95": {key: [0.60, 0.80]}, "counts": {}}
+    below = {"name": "d", "metrics": {key: 0.30}, "ci95": {key: [0.20, 0.44]}, "counts": {}}
+    bare = {"name": "e", "metrics": {key: 0.90}, "counts": {}}
+    assert overlap(base, close, key) is True and overlap(base, above, key) is False
+    assert overlap(base, bare, key) is None
+    row = next(line for line in markdown_table([base, close, above, below, bare], mark_overlap=True).splitlines()
+               if line.startswith("| text"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert cells == ["0.500 [0.450, 0.550]", "0.530 [0.500, 0.580] ≈", "0.700 [0.600, 0.800] ▲",
+                     "0.300 [0.200, 0.440] ▼", "0.900"]
