@@ -21,3 +21,42 @@ def test_joint_vs_contrastive_keeps_overrides_apart_from_result_dirs():
                               "train.batch_size=4", "--steps", "8"])
     assert [str(p) for p in args.results] == ["eval/frozen", "eval/train"]
     assert args.overrides == ["train.batch_size=4"] and args.steps == 8 and not args.reuse
+
+
+def test_ablation_arms_differ_only_in_their_switch(tmp_path):
+    ablate = load("ablate")
+    args = ablate.build_parser().parse_args(["--steps", "6", "--out", str(tmp_path), "train.batch_size=4"])
+    args.eval_every = 3
+    full = ablate.arm_config("full", args)
+    for arm, switch in (("no_fusion", "fusion"), ("no_residual", "residual"), ("no_moe", "moe"),
+                        ("no_visual_skip", "visual_skip")):
+        cfg = ablate.arm_config(arm, args)
+        assert getattr(full.model, switch) and not getattr(cfg.model, switch)
+        assert cfg.model == full.model.__class__(**{**full.model.__dict__, switch: False})
+        assert (cfg.train.steps, cfg.train.seed, cfg.train.batch_size, cfg.train.eval_every) == (6, 0, 4, 3)
+        assert cfg.eval.split == "test" and cfg.train.output_dir == str(tmp_path / arm)
+
+
+def test_ablation_pipeline_end_to_end(ray_local, real_slice, tmp_path):
+    """Two arms of one step each with a tiny model: val choice, test eval, table and JSON."""
+    import json
+
+    from tests.train.tiny_lm import write_tiny_lm
+
+    tiny = write_tiny_lm(tmp_path / "tiny-lm", scale=2.0)
+    out, result = tmp_path / "ablate", tmp_path / "ablations.json"
+    code = load("ablate").main([
+        "--steps", "1", "--arms", "full", "no_moe", "--out", str(out), "--results-json", str(result),
+        f"model.lm.path={tiny}", "model.vision.name=tiny", "model.vision.pretrained=false", "model.embed_dim=32",
+        "model.matryoshka=[16,32]", "model.lm.embed_layers=2", "train.batch_size=4", "train.num_workers=1",
+        "train.cpus_per_worker=1", f"data.output_dir={real_slice}", "ray.progress=false", "eval.num_actors=1",
+    ])
+    assert code == 0
+    summary = json.loads(result.read_text())
+    assert list(summary["arms"]) == ["full", "no_moe"] and summary["arms"]["no_moe"]["overrides"] == ["model.moe=false"]
+    for arm in summary["arms"].values():
+        assert arm["selected"]["step"] == 1 and "text_unseen/nDCG@10" in arm["metrics"]
+        assert set(arm["ci95"]) == set(arm["metrics"])
+    assert all(v is True for v in summary["arms"]["full"]["overlaps_reference"].values())
+    table = (out / "compare" / "compare.md").read_text()
+    assert "| metric | full | no_moe |" in table and any(mark in table for mark in "≈▲▼")
