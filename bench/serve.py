@@ -1,10 +1,16 @@
-"""Benchmark: the Serve deployment over HTTP vs a direct batched forward of the same model, in one run.
+"""Benchmark: the Serve deployment over HTTP vs a direct batched forward of the same model, in one run;
+and the production scenarios (`--scenario`, bench/serve_scenarios.py).
 
     .venv/bin/python bench/serve.py [--model frozen] [--threads 1] [--rounds 3] [--soak 2000] [--out bench/results/serve.json] [overrides…]
+    .venv/bin/python bench/serve.py --scenario startup --models frozen outputs/train/export
+    .venv/bin/python bench/serve.py --scenario isolation --model outputs/train/export
+    .venv/bin/python bench/serve.py --scenario replicas --model frozen
+    .venv/bin/python bench/serve.py --scenario soak --soak-seconds 600
 
 Inputs are product titles from the preprocessed catalog (`data.output_dir`; run `moon-ray preprocess`
 first), one text per request, sent as the `openai` client sends them (encoding_format=base64).
 
+Scenario `throughput` (the default):
 - direct: the encoder the replica loads (moon_ray.serve.app.load_encoder), in one process with
   `--threads` torch threads, `serve.max_batch_size` titles per call (and, for reference, one per call).
   That process is a Ray actor asking for the replica's CPUs: Ray runs its workers at niceness 15, so a
@@ -20,9 +26,20 @@ first), one text per request, sent as the `openai` client sends them (encoding_f
   same deployment over the `random` encoder (no model cost): the ceiling of Serve's request path here.
 - soak: --soak requests at concurrency 32; every response is checked (status 200, one embedding of the
   model's dimension per input, base64 of that many float32); errors are counted and must be 0.
-
 Target: HTTP throughput at concurrency 32 >= 0.8x the direct batched throughput. The search index is
 off (serve.index_limit=0). Loopback only. Prints and writes JSON.
+
+Production scenarios (each writes bench/results/serve_<scenario>.json unless --out is given):
+- startup: for each of --models, a replica started with its prebuilt index (serve.index_dir, built
+  before by `moon-ray index`): seconds from deploying to the first 200 answer of /v1/search, and the
+  replica's own split (model load, index load). Target: within 30 s.
+- isolation: an exported model (ingress + MoonReasoner): p99 latency of plain embedding requests at
+  concurrency 16, alone and with 2 clients sending reasoning=true requests back to back, alternating
+  over --rounds. Target: with / alone <= 1.5.
+- replicas: throughput at concurrency 32 with 1 and with 2 replicas (serve.cpus_per_replica each),
+  alternating over --rounds: the scaling factor.
+- soak: --soak-seconds at concurrency 32, every response checked; the replica's and its model
+  process's RSS (from /metrics) sampled every 30 s, at start and end.
 """
 
 from __future__ import annotations
@@ -277,14 +294,21 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=1024, help="titles per direct run and per HTTP run at c=32")
     ap.add_argument("--rounds", type=int, default=3, help="back-to-back (direct, HTTP c=32) pairs")
     ap.add_argument("--soak", type=int, default=2000, help="requests of the error-counting run")
-    ap.add_argument("--out", default="bench/results/serve.json")
+    ap.add_argument("--out", default=None, help="default: bench/results/serve.json, serve_<scenario>.json")
+    ap.add_argument("--scenario", default="throughput", choices=SCENARIOS)
+    ap.add_argument("--models", nargs="+", default=["frozen"], help="startup: the models to start (prebuilt indexes)")
+    ap.add_argument("--soak-seconds", type=float, default=600.0, help="soak scenario: how long")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if args.scenario != "throughput":
+        return scenario(args)
+    args.out = args.out or "bench/results/serve.json"
     import torch
 
     from moon_ray.serve.app import absolute_paths
 
     cfg = absolute_paths(load_config(None, [f"serve.model={args.model}", "serve.index_limit=0", "ray.progress=false",
+                                            "serve.reasoning=false",  # no MoonReasoner: its CPU is the direct actor's
                                             f"serve.cpus_per_replica={args.threads}", f"serve.port={free_port()}",
                                             *args.overrides]))
     texts = titles(cfg, args.texts)
@@ -309,6 +333,42 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"http c=32 / direct batched = {ratio:.2f} (rounds {result['round_ratios']}, target >= {TARGET}); "
           f"soak {args.soak} requests, {runs['soak']['errors']} errors -> {out}")
+
+
+SCENARIOS = ("throughput", "startup", "isolation", "replicas", "soak")
+
+
+def scenario(args) -> None:
+    """Run one production scenario (bench/serve_scenarios.py) and write its JSON."""
+    import serve_scenarios as sc
+    import torch
+
+    from moon_ray.serve.app import absolute_paths
+
+    base = [f"serve.model={args.model}", "ray.progress=false", f"serve.cpus_per_replica={args.threads}",
+            f"serve.port={free_port()}", "serve.access_log=false"]
+    search_off = [] if args.scenario == "startup" else ["serve.index_limit=0"]
+    # replicas and soak measure the embedding path: no MoonReasoner taking a CPU of the 2 (isolation and
+    # startup keep it, as `moon-ray serve --model <export>` deploys it)
+    no_reasoner = ["serve.reasoning=false"] if args.scenario in ("replicas", "soak") else []
+    cfg = absolute_paths(load_config(None, [*base, *search_off, *no_reasoner, *args.overrides]))
+    texts = titles(cfg, args.texts)
+    load_start = os.getloadavg()[0]
+    if args.scenario == "startup":
+        result = sc.startup(cfg, args.models)
+    elif args.scenario == "isolation":
+        result = sc.isolation(cfg, texts, args.rounds)
+    elif args.scenario == "replicas":
+        result = sc.replicas(cfg, texts, args.rounds)
+    else:
+        result = sc.soak(cfg, texts, args.soak_seconds)
+    result = {"scenario": args.scenario, "model": args.model, "threads": args.threads, "overrides": args.overrides,
+              **result, "machine": {"cpus": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
+                                    "load_avg_start": round(load_start, 2), "load_avg_end": round(os.getloadavg()[0], 2)}}
+    out = Path(args.out or f"bench/results/serve_{args.scenario}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"-> {out}")
 
 
 if __name__ == "__main__":

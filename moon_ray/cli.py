@@ -3,6 +3,8 @@
     moon-ray preprocess [--config FILE] [key.sub=value ...]
     moon-ray train [--config FILE] [key.sub=value ...]
     moon-ray eval [--config FILE] [--compare DIR ...] [key.sub=value ...]
+    moon-ray index [--model frozen|DIR] [--out DIR] [key.sub=value ...]
+    moon-ray serve [--model frozen|DIR] [--host H] [--port P] [key.sub=value ...]
     moon-ray submit PIPELINE [--address URL] [key.sub=value ...]
     moon-ray jobs status|logs|stop JOB_ID [--follow] | moon-ray jobs list
     moon-ray demo [--fast]
@@ -34,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     "train": ("moon_ray.cli:cmd_train", "train the MOON embedder on Ray Train (contrastive; joint with RL)", ["config"]),
     "eval": ("moon_ray.eval.evaluate:cli_eval", "evaluate a model or baseline on the held-out split",
              ["config", "moon_ray.eval.evaluate:add_eval_args"]),
+    "index": ("moon_ray.eval.index_job:cli_index", "embed the catalog once (Ray Data) into the index Serve loads",
+              ["config", "moon_ray.eval.index_job:add_index_args"]),
     "serve": ("moon_ray.serve.app:cli_serve", "serve /v1/embeddings and /v1/search with Ray Serve",
               ["config", "moon_ray.serve.app:add_serve_args"]),
     "submit": ("moon_ray.jobs.cli:cli_submit", "submit a pipeline to a Ray cluster as a Ray job",

@@ -188,10 +188,16 @@ def test_kuberay_volumes_exist_and_hold_data_and_outputs():
                 assert {"/home/ray/shared", "/home/ray/moon-ray/outputs"} <= mounts, f"{kind} {name}"
 
 
-def rayjob_config():
-    """(the RayJob, the Config its entrypoint resolves to)."""
+def rayjob_steps() -> list[list[str]]:
+    """The RayJob's entrypoint as its commands (`train ... && index ...`), each split like a shell."""
     (job,) = docs_of_kind("RayJob")
-    python, script, flag, config, *overrides = shlex.split(job["spec"]["entrypoint"])
+    return [shlex.split(step) for step in job["spec"]["entrypoint"].split("&&")]
+
+
+def rayjob_config():
+    """(the RayJob, the Config its training entrypoint resolves to)."""
+    (job,) = docs_of_kind("RayJob")
+    python, script, flag, config, *overrides = rayjob_steps()[0]
     assert (python, flag) == ("python", "--config")
     assert pipeline_script(Path(script).stem) == script  # pipelines/train.py
     # pipelines/configs/joint.yaml belongs to the GRPO work: where it is absent, only its place and name
@@ -236,6 +242,51 @@ def test_rayservice_serves_the_app_on_port_8000():
     assert cfg.serve.model == f"{rayjob_config()[1].train.output_dir}/export"  # what the RayJob exports
     head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
     assert 8000 in {p["containerPort"] for c in containers(head) for p in c["ports"]}
+
+
+def rayservice_config():
+    (service,) = docs_of_kind("RayService")
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    return service, load_config(ROOT / app["args"]["config"], app["args"]["overrides"])
+
+
+def test_rayjob_builds_the_index_the_rayservice_loads():
+    """Training's job ends by indexing the catalog with the model it exported; every RayService replica loads
+    that index (no building at start) and would refuse one built by another model."""
+    from moon_ray.eval.index_artifact import default_index_dir
+
+    train, index = rayjob_steps()
+    assert index[:2] == ["python", pipeline_script("index")]
+    export = f"{rayjob_config()[1].train.output_dir}/export"
+    args = dict(zip(index[2::2], index[3::2], strict=False))
+    assert args["--model"] == export and "ray.use_custom_resources=true" in index  # actors on moon_data
+    _, cfg = rayservice_config()
+    assert cfg.serve.model == export and not cfg.serve.index_build_at_start
+    assert cfg.serve.index_dir == f"{export}-index"
+    assert default_index_dir(cfg) == Path(cfg.serve.index_dir).resolve()  # where `moon-ray index` writes it
+
+
+def test_rayservice_takes_its_api_key_from_a_secret(monkeypatch):
+    """The key comes from a Kubernetes Secret on every Ray container (a pod without it does not start), and
+    the application refuses to build without one (serve.auth=required), whatever serve.host says."""
+    from moon_ray.config import ConfigError
+    from moon_ray.serve.app import ENV_KEY, api_keys
+
+    service, cfg = rayservice_config()
+    assert cfg.serve.auth == "required"
+    spec = service["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
+    for pod in pods:
+        for c in containers(pod):
+            (env,) = [e for e in c.get("env", []) if e["name"] == ENV_KEY]
+            ref = env["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "moon-ray-api-key", "key": "api_key"}  # not optional: no Secret, no pod
+    monkeypatch.delenv(ENV_KEY, raising=False)
+    with pytest.raises(ConfigError, match="needs an API key"):
+        api_keys(cfg, None)
+    monkeypatch.setenv(ENV_KEY, "team-a:k1,team-b:k2")
+    assert api_keys(cfg, None) == {"k1": "team-a", "k2": "team-b"}
+    assert "kubectl create secret generic moon-ray-api-key" in (CLUSTER / "kuberay-rayservice.yaml").read_text()
 
 
 def test_ray_up_config_is_valid_for_the_launcher():

@@ -1,6 +1,6 @@
 """The HTTP API: a FastAPI app over one `Engine` (and a `CatalogIndex` when search is on).
 
-    app = create_api(engine, index, cfg.serve, api_key)   # built on each replica by the deployment
+    app = create_api(engine, index, cfg.serve, keys, replica=..., metrics=ServeMetrics(...))   # per replica
 
 | route                | answer                                                                     |
 | -------------------- | -------------------------------------------------------------------------- |
@@ -8,11 +8,19 @@
 | POST /v1/search      | the top-k catalog products (metadata + cosine score) for a text/image query |
 | GET /v1/models       | OpenAI's model list: the one served model                                  |
 | GET /v1/models/{id}  | that model, or 404                                                         |
-| GET /healthz         | {"status": "ok", "model", "dim", "index_size", "replica", "batching"}; no token |
+| GET /healthz         | liveness: 200 while the replica answers; model, index size, batching; no token |
+| GET /readyz          | readiness: 200 when the model process is up and the index is loaded (or search is off), else 503 |
+| GET /metrics         | Prometheus text format (metrics.py); no token                              |
 
 Bodies are parsed by the routes themselves (`Model.model_validate_json`), so every malformed body
 becomes an `ApiError` with the field named (errors.py); exception handlers turn unknown routes,
-wrong methods and any unexpected failure into the same OpenAI error shape.
+wrong methods and any unexpected failure into the same OpenAI error shape. Middleware, outermost
+first: Observe (metrics) -> BearerAuth (key -> name) -> RateLimit (a request token per key) ->
+BodyLimit; the routes take the item tokens (limits.py) once the body is parsed.
+
+Readiness: Serve routes requests to a replica only once its constructor has loaded the model and the
+index, so a reachable replica starts ready; /readyz turns 503 when the model process has died (it is
+restarted at once, in the background, and the replica is ready again when it is back).
 """
 
 from __future__ import annotations
@@ -22,23 +30,33 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from moon_ray.config import ServeConfig
 from moon_ray.serve.engine import Engine
 from moon_ray.serve.errors import ApiError, BearerAuth, BodyLimit, from_validation
+from moon_ray.serve.limits import RateLimit, RateLimiter
+from moon_ray.serve.metrics import Observe, ServeMetrics
 from moon_ray.serve.schemas import EmbeddingRequest, SearchRequest
 from moon_ray.serve.search import FILTER_FIELDS, CatalogIndex
 from moon_ray.serve.validation import Limits, check_dimensions, encode_vector, to_items, truncate
 
 
-def create_api(engine: Engine, index: CatalogIndex | None, scfg: ServeConfig, api_key: str | None,
-               replica: str = "") -> FastAPI:
+def create_api(engine: Engine, index: CatalogIndex | None, scfg: ServeConfig, keys: dict[str, str] | None,
+               replica: str = "", metrics: ServeMetrics | None = None, startup: dict | None = None) -> FastAPI:
     app = FastAPI(title="moon-ray", docs_url=None, redoc_url=None, openapi_url=None)
     limits = Limits.of(scfg)
     created = int(time.time())
+    metrics = metrics or ServeMetrics(replica, model_pid=lambda: engine.worker.pid)
+    limiter = RateLimiter.of(scfg, on_refuse=lambda key, kind: metrics.rate_limited.labels(key, kind).inc())
+    search_on = scfg.index_limit != 0
+    index_info = index.describe() if index is not None else None
+    metrics.describe(engine.model_id, index_info)
+    metrics.queue_depth.labels("embed").set_function(lambda: engine.queue.depth)
+    metrics.queue_depth.labels("reason").set_function(lambda: engine.reasoning_inflight)
+    metrics.ready.set_function(lambda: float(readiness(engine, index, search_on)[0]))
     install_handlers(app)
 
     @app.get("/healthz")
@@ -46,6 +64,20 @@ def create_api(engine: Engine, index: CatalogIndex | None, scfg: ServeConfig, ap
         return {"status": "ok", "model": engine.model_id, "dim": engine.dim,
                 "index_size": index.size if index is not None else 0, "replica": replica,
                 "batching": engine.batching()}
+
+    @app.get("/readyz")
+    async def readyz():
+        ready, body = readiness(engine, index, search_on)
+        body.update(replica=replica, index=index_info or {"loaded": False, "search": "on" if search_on else "off"},
+                    reasoning=engine.can_reason, startup_s=startup or {})
+        if not ready and not engine.worker.alive():
+            asyncio.get_running_loop().run_in_executor(engine.executor, engine.worker.ensure)
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus():
+        data, content_type = metrics.render()
+        return Response(data, media_type=content_type)
 
     @app.get("/v1/models")
     async def models():
@@ -60,16 +92,37 @@ def create_api(engine: Engine, index: CatalogIndex | None, scfg: ServeConfig, ap
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         req = parse(EmbeddingRequest, await request.body())
+        admit(request, limiter, req.reasoning, len(req.input))
         return JSONResponse(await embeddings_response(engine, req, limits))
 
     @app.post("/v1/search")
     async def search(request: Request):
         req = parse(SearchRequest, await request.body())
+        admit(request, limiter, req.reasoning, 1)
         return JSONResponse(await search_response(engine, index, req, limits, scfg.max_top_k))
 
     app.add_middleware(BodyLimit, max_bytes=scfg.max_body_bytes)
-    app.add_middleware(BearerAuth, key=api_key)  # added last: runs first, before the body is read
+    app.add_middleware(RateLimit, limiter=limiter)
+    app.add_middleware(BearerAuth, keys=keys or {})  # before the body is read
+    app.add_middleware(Observe, metrics=metrics)  # added last: runs first, sees every answer
     return app
+
+
+def admit(request: Request, limiter: RateLimiter | None, reasoning: bool, inputs: int) -> None:
+    """Tell the metrics what the request is; take its item tokens (429 when the key has none left)."""
+    request.state.reasoning = reasoning
+    request.state.inputs = inputs
+    if limiter is not None:
+        limiter.check(getattr(request.state, "api_key", None), "items", inputs)
+
+
+def readiness(engine: Engine, index: CatalogIndex | None, search_on: bool) -> tuple[bool, dict]:
+    """(ready, what is loaded): the model process up, and the index loaded unless search is off."""
+    model_up = engine.worker.alive()
+    index_ok = index is not None or not search_on
+    body = {"status": "ready" if model_up and index_ok else "not_ready", "model": engine.model_id,
+            "model_loaded": model_up, "model_pid": engine.worker.pid, "index_loaded": index is not None}
+    return model_up and index_ok, body
 
 
 def parse(model_cls, body: bytes):
@@ -170,7 +223,8 @@ def install_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException):
         if exc.status_code == 404:
             err = ApiError(404, f"no route {request.method} {request.url.path}; routes: POST /v1/embeddings, "
-                                "POST /v1/search, GET /v1/models, GET /healthz", code="not_found")
+                                "POST /v1/search, GET /v1/models, GET /healthz, GET /readyz, GET /metrics",
+                           code="not_found")
         elif exc.status_code == 405:
             err = ApiError(405, f"method {request.method} is not allowed on {request.url.path}",
                            code="method_not_allowed", headers=dict(exc.headers or {}))

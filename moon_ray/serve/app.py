@@ -1,19 +1,26 @@
-"""The Ray Serve deployment, its application builder, and `moon-ray serve`.
+"""The Ray Serve deployments, their application builder, and `moon-ray serve`.
 
+    moon-ray index --model outputs/train/export        # once: the catalog index artifact (eval/index_job.py)
+    moon-ray serve --model outputs/train/export        # replicas load outputs/train/export-index
     moon-ray serve                                     # frozen baseline over outputs/catalog, 127.0.0.1:8000
-    moon-ray serve --model outputs/train/export serve.index_split=test
-    moon-ray serve --build-index outputs/serve/index-frozen serve.index_limit=2000   # embed, save, exit
-    moon-ray serve serve.index_dir=outputs/serve/index-frozen --port 8001
+    moon-ray serve serve.index_dir=/mnt/shared/index-frozen --port 8001
     serve run pipelines/configs/serve.yaml             # the same application from a Serve config file
     serve run moon_ray.serve.app:build_app serve.index_limit=500    # or from the builder, dotted overrides
 
-One deployment, `MoonEmbeddings`, with a FastAPI ingress built on each replica (api.py). A replica
+Two deployments. `MoonEmbeddings`, the ingress, with a FastAPI app built on each replica (api.py): it
 starts its model process (worker.py; `serve.model`: a baseline name or an exported model directory,
-`serve.cpus_per_replica` torch threads), then loads its catalog
-index: from `serve.index_dir` when set, else by embedding `data.output_dir`'s products (split
-`serve.index_split`, at most `serve.index_limit`; 0 turns /v1/search off). Replicas ask for
-`serve.cpus_per_replica` CPUs (the model uses max(1, int(cpus)) torch threads) and the `moon_serve` custom
-resource when `ray.use_custom_resources` is on; `serve.num_replicas` of them, or autoscaling between
+`serve.cpus_per_replica` torch threads) and, while that loads, reads the catalog index: the directory
+`serve.index_dir`, else the model's default place (`<export>-index` beside an export, `index-<name>`
+beside data.output_dir for a baseline; moon_ray/eval/index_artifact.py). An index built by another
+model is refused with an error naming both. Only when no index exists there, and
+`serve.index_build_at_start` is on, does the replica embed the catalog itself (split
+`serve.index_split`, at most `serve.index_limit`; minutes): the fallback. `serve.index_limit=0` turns
+/v1/search off. `MoonReasoner` (reasoner.py), deployed for exported models when `serve.reasoning`,
+answers `reasoning: true` requests on replicas of its own, so that they never hold the ingress's
+model process.
+
+Replicas ask for `serve.cpus_per_replica` CPUs and the `moon_serve` custom resource when
+`ray.use_custom_resources` is on; `serve.num_replicas` of them, or autoscaling between
 `serve.min_replicas` and `serve.max_replicas` at `serve.target_ongoing_requests` per replica.
 
 `build_app(args)` is the application builder that `serve run`, `serve deploy` and the KubeRay
@@ -22,14 +29,18 @@ RayService (cluster/kuberay-rayservice.yaml) import. `args` holds `config` (a YA
 nested sections (`{"serve": {"port": 8001}}`) or dotted keys (`serve.port: 8001`). Relative paths
 resolve against the current directory, then the repository root.
 
-The bearer token is `serve.api_key`, else `$MOON_RAY_API_KEY` where the application is built (or,
-failing that, on the replica); it is handed to the replicas apart from the config.
+API keys: `serve.api_key`, else `$MOON_RAY_API_KEY` where the application is built (or, failing that,
+on the replica): one key or several, "k1,k2" or "team-a:k1,team-b:k2" (names label rate limits and
+metrics). They are handed to the replicas apart from the config. `serve.auth=required` (and `auto`
+when serve.host is not a loopback address) refuses to build the application, and a replica refuses to
+start, without a key; `serve.auth=open` serves without one.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import signal
 import time
@@ -48,11 +59,13 @@ from moon_ray.config import (
     to_overrides,
     with_absolute_paths,
 )
-from moon_ray.infrastructure.timing import timed
+from moon_ray.infrastructure.timing import Stopwatch, timed
 
 APP_NAME = "moon-ray"
 ENV_KEY = "MOON_RAY_API_KEY"
 REPO = Path(__file__).resolve().parents[2]
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+log = logging.getLogger(__name__)
 
 
 @serve.deployment(name="MoonEmbeddings")
@@ -60,23 +73,42 @@ REPO = Path(__file__).resolve().parents[2]
 class MoonServe:
     """A replica: the model, its catalog index, and the FastAPI app over both."""
 
-    def __init__(self, config: dict, api_key: str | None = None):
+    def __init__(self, config: dict, api_key: str | None = None, reasoner=None):
+        from moon_ray.eval.index_artifact import model_identity
         from moon_ray.serve.engine import Engine
-        from moon_ray.serve.worker import ModelWorker, ProcessEncoder
+        from moon_ray.serve.metrics import ServeMetrics
+        from moon_ray.serve.worker import ModelWorker
 
         cfg = build(Config, config)
-        worker = ModelWorker(worker_spec(cfg))  # the model runs in a child process (worker.py)
-        key = model_key(cfg)
-        self.engine = Engine(worker, cfg.serve, key)
-        self.index = load_index(cfg, ProcessEncoder(worker), key)
+        self.keys = api_keys(cfg, api_key)
+        startup: dict[str, float] = {}
+        clock = Stopwatch()
+        worker = ModelWorker(worker_spec(cfg), wait=False)  # the model loads in its own process meanwhile
+        try:
+            with timed("index_load_s", startup):
+                identity = model_identity(cfg.serve.model)
+                index = saved_index(cfg, identity)
+            with timed("model_load_s", startup):
+                worker.wait_ready()
+            index = checked_or_built(cfg, index, worker, identity, startup)
+        except BaseException:
+            worker.close()
+            raise
+        startup["total_s"] = clock.elapsed()
+        self.startup = {k: round(v, 2) for k, v in startup.items()}
+        log.warning("replica ready in %.1f s: %s", startup["total_s"], self.startup)
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.metrics = ServeMetrics(self.replica, model_pid=lambda: worker.pid)
+        self.engine = Engine(worker, cfg.serve, {model_key(cfg)}, reasoner=reasoner if cfg.serve.reasoning else None,
+                             metrics=self.metrics)
+        self.index = index
         self.scfg = cfg.serve
-        self.api_key = api_key or os.environ.get(ENV_KEY) or None
 
     def __serve_build_asgi_app__(self):
         from moon_ray.serve.api import create_api
 
-        return create_api(self.engine, self.index, self.scfg, self.api_key,
-                          replica=serve.get_replica_context().replica_id.unique_id)
+        return create_api(self.engine, self.index, self.scfg, self.keys, replica=self.replica,
+                          metrics=self.metrics, startup=self.startup)
 
     def __del__(self):
         engine = getattr(self, "engine", None)
@@ -93,26 +125,76 @@ def worker_spec(cfg: Config) -> dict:
 
 
 def load_encoder(cfg: Config):
-    """The served encoder, in this process (for --build-index and benchmarks)."""
+    """The served encoder, in this process (for benchmarks)."""
     from moon_ray.serve.worker import load
 
     return load(worker_spec(cfg))
 
 
 def model_key(cfg: Config) -> str:
-    """What identifies the served model in a saved index: the baseline's name, or the export's absolute path."""
+    """Another name requests may use for the served model: the baseline's name, or the export's absolute path."""
     path = Path(cfg.serve.model)
     return str(path.resolve()) if path.is_dir() else cfg.serve.model
 
 
-def load_index(cfg: Config, encoder, key: str):
+def saved_index(cfg: Config, identity: dict):
+    """The prebuilt index to serve (identity checked), or None: search off, or none built (fallback allowed)."""
+    from moon_ray.eval.index_artifact import has_index, index_location
     from moon_ray.serve.search import CatalogIndex
 
-    if cfg.serve.index_dir:
-        return CatalogIndex.load(cfg.serve.index_dir, cfg, encoder.dim, key)
     if cfg.serve.index_limit == 0:
         return None
-    return CatalogIndex.build(cfg, encoder, key)
+    path, explicit = index_location(cfg)
+    if has_index(path):
+        return CatalogIndex.load(path, cfg, identity)
+    if explicit or not cfg.serve.index_build_at_start:
+        raise FileNotFoundError(missing_index(cfg, path, explicit))
+    return None
+
+
+def checked_or_built(cfg: Config, index, worker, identity: dict, startup: dict):
+    """The loaded index once its dimension is checked against the model; the fallback build when none."""
+    from moon_ray.serve.search import CatalogIndex
+    from moon_ray.serve.worker import ProcessEncoder
+
+    dim = int(worker.info["dim"])
+    if index is not None:
+        if index.manifest["dim"] != dim:
+            raise ConfigError(f"the catalog index at {index.path} holds {index.manifest['dim']}-d vectors, the "
+                              f"model gives {dim}-d ones; rebuild it with `moon-ray index --model {cfg.serve.model}`")
+        return index
+    if cfg.serve.index_limit == 0:
+        return None
+    with timed("index_build_s", startup):
+        return CatalogIndex.build(cfg, ProcessEncoder(worker), identity)
+
+
+def missing_index(cfg: Config, path: Path, explicit: bool) -> str:
+    why = f"serve.index_dir={path} holds no catalog index" if explicit else \
+        f"no prebuilt catalog index at {path} and serve.index_build_at_start=false"
+    return f"{why}; build it: `moon-ray index --model {cfg.serve.model} --out {path}`"
+
+
+def auth_required(cfg: Config) -> bool:
+    s = cfg.serve
+    return s.auth == "required" or (s.auth == "auto" and s.host not in LOOPBACK and not s.host.startswith("127."))
+
+
+def api_keys(cfg: Config, text: str | None) -> dict[str, str]:
+    """{key: name} from `text`, else serve.api_key, else $MOON_RAY_API_KEY; ConfigError when auth is required
+    and there is none."""
+    from moon_ray.serve.errors import parse_keys
+
+    try:
+        keys = parse_keys(text or cfg.serve.api_key or os.environ.get(ENV_KEY))
+    except ValueError as e:
+        raise ConfigError(f"serve.api_key / ${ENV_KEY}: {e}") from None
+    if not keys and auth_required(cfg):
+        raise ConfigError(
+            f"serve.auth={cfg.serve.auth} (host {cfg.serve.host}) needs an API key and none is set: put one in "
+            f"${ENV_KEY} (the RayService reads it from the Secret moon-ray-api-key) or serve.api_key, or "
+            "run without keys on purpose with serve.auth=open")
+    return keys
 
 
 # ---------------------------------------------------------------------------------- application
@@ -144,22 +226,36 @@ def absolute_paths(cfg: Config) -> Config:
     return with_absolute_paths(cfg, keys, search=[REPO])
 
 
-def check_sources(cfg: Config) -> None:
-    """Fail where the application is built, not in a replica restart loop, when an input is missing."""
+def check_sources(cfg: Config) -> str:
+    """Fail where the application is built, not in a replica restart loop, when an input is missing or an
+    index belongs to another model. Returns what the replicas will do for the index (for the CLI)."""
+    from moon_ray.eval.index_artifact import (
+        check_identity,
+        has_index,
+        index_location,
+        model_identity,
+        read_manifest,
+    )
     from moon_ray.models.encoder import registered
 
     s = cfg.serve
     if s.model not in registered() and not Path(s.model).is_dir():
         raise ConfigError(f"serve.model: {s.model!r} is neither a baseline ({', '.join(registered())}) nor a "
                           "directory (an exported model: outputs/train/export)")
-    if s.index_dir:
-        if not (Path(s.index_dir) / "manifest.json").exists():
-            raise FileNotFoundError(f"serve.index_dir={s.index_dir} holds no saved index (manifest.json); "
-                                    "save one with `moon-ray serve --build-index DIR`")
-    elif s.index_limit != 0:
-        from moon_ray.serve.search import load_products
+    if s.index_limit == 0:
+        return "search off (serve.index_limit=0)"
+    path, explicit = index_location(cfg)
+    if has_index(path):
+        manifest = read_manifest(path)
+        check_identity(manifest, model_identity(s.model), path, s.model)
+        return f"loading the catalog index {path} ({manifest['count']} products)"
+    if explicit or not s.index_build_at_start:
+        raise FileNotFoundError(missing_index(cfg, path, explicit))
+    from moon_ray.eval.index_artifact import load_products
 
-        load_products(dataclasses.replace(cfg, serve=dataclasses.replace(s, index_limit=1)))
+    load_products(dataclasses.replace(cfg, serve=dataclasses.replace(s, index_limit=1)))
+    return (f"no prebuilt catalog index at {path}: each replica embeds the catalog at start (minutes); "
+            f"build it once with `moon-ray index --model {s.model}`")
 
 
 def deployment_options(cfg: Config) -> dict[str, Any]:
@@ -183,11 +279,17 @@ def deployment_options(cfg: Config) -> dict[str, Any]:
 
 
 def application(cfg: Config):
-    """The bound deployment for `cfg` (checked first); the token travels apart from the config."""
+    """The bound deployments for `cfg` (checked first); the keys travel apart from the config."""
+    from moon_ray.serve.reasoner import MoonReasoner, reasoner_options
+
     check_sources(cfg)
-    key = cfg.serve.api_key or os.environ.get(ENV_KEY) or None
+    keys = cfg.serve.api_key or os.environ.get(ENV_KEY) or None
+    api_keys(cfg, keys)  # refuse here, where the application is built, when a key is required and missing
     plain = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, api_key=None))
-    return MoonServe.options(**deployment_options(cfg)).bind(to_dict(plain), key)
+    reasoner = None
+    if cfg.serve.reasoning and Path(cfg.serve.model).is_dir():  # exported models have an LM
+        reasoner = MoonReasoner.options(**reasoner_options(cfg)).bind(to_dict(plain))
+    return MoonServe.options(**deployment_options(cfg)).bind(to_dict(plain), keys, reasoner)
 
 
 def start(cfg: Config, app, name: str = APP_NAME) -> str:
@@ -204,7 +306,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="bind address (serve.host, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (serve.port, default 8000)")
     p.add_argument("--build-index", metavar="DIR",
-                   help="embed the catalog's products, save the index to DIR and exit; serve it with serve.index_dir=DIR")
+                   help="the same as `moon-ray index --out DIR`: build the catalog index artifact and exit")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--blocking", dest="detach", action="store_false", default=False,
                       help="stay in the foreground until Ctrl-C, then shut Serve down (default)")
@@ -225,12 +327,13 @@ def cli_serve(args) -> int:
     if args.detach and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
         raise ConfigError("--detach needs a running Ray cluster to leave the deployment on (ray.address=auto "
                           "after `ray start --head`); a local Ray ends with this command")
+    plan = check_sources(cfg)
     app = application(cfg)
     init_ray(cfg.ray)
-    print(f"deploying {cfg.serve.model} (building the catalog index may take minutes) ...", flush=True)
+    print(f"deploying {cfg.serve.model}: {plan} ...", flush=True)
     url = start(cfg, app)
-    print(f"serving {url}/v1/embeddings, {url}/v1/search, {url}/v1/models, {url}/healthz\n{example(cfg, url)}",
-          flush=True)
+    print(f"serving {url}/v1/embeddings, {url}/v1/search, {url}/v1/models; {url}/healthz, {url}/readyz, "
+          f"{url}/metrics\n{example(cfg, url)}", flush=True)
     if args.detach:
         return 0
     wait_for_stop()
@@ -260,7 +363,9 @@ def example(cfg: Config, url: str) -> str:
     """A first request to try, with the served model's id (asked from the running server)."""
     import httpx
 
-    key = cfg.serve.api_key or os.environ.get(ENV_KEY)
+    from moon_ray.serve.errors import parse_keys
+
+    key = next(iter(parse_keys(cfg.serve.api_key or os.environ.get(ENV_KEY))), None)
     local = url.replace("://0.0.0.0:", "://127.0.0.1:")
     models = httpx.get(f"{local}/v1/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=60)
     model_id = models.json()["data"][0]["id"]
@@ -270,14 +375,12 @@ def example(cfg: Config, url: str) -> str:
 
 
 def cli_build_index(cfg: Config, out: str) -> int:
-    """`moon-ray serve --build-index DIR`: embed the configured catalog slice in this process, save it."""
-    from moon_ray.serve.search import CatalogIndex
+    """`moon-ray serve --build-index DIR`: `moon-ray index --out DIR` (the Ray Data job)."""
+    from moon_ray.eval.index_job import build_index_dir
 
-    check_sources(dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, index_dir=None, index_limit=None)))
-    with timed("build_index") as phase:
-        encoder = load_encoder(cfg)
-        index = CatalogIndex.build(cfg, encoder, model_key(cfg))
-        path = index.save(absolute_path(out, search=[REPO]))
-    print(f"indexed {index.size} products with {encoder.name} (dim {encoder.dim}) in "
-          f"{phase.seconds:.0f} s: {path}\nserve it: moon-ray serve serve.index_dir={path}")
+    path = Path(absolute_path(out, search=[REPO]))
+    manifest = build_index_dir(cfg, path)
+    print(f"indexed {manifest['count']} products with {manifest['identity']['name']} (dim {manifest['dim']}) in "
+          f"{manifest['seconds']:.0f} s: {path}\nserve it: moon-ray serve --model {cfg.serve.model} "
+          f"serve.index_dir={path}")
     return 0

@@ -1,11 +1,11 @@
-"""The model behind the routes: dynamic batching over a model process, reasoning traces, token counts.
+"""The model behind the routes: dynamic batching over a model process; reasoning handed to its own deployment.
 
-    engine = Engine(ModelWorker(spec), cfg.serve, model_key="frozen")
+    engine = Engine(ModelWorker(spec), cfg.serve, aliases={"frozen"}, reasoner=handle_or_None)
     vecs, tokens = await engine.embed(items)                  # (N, dim), items batched across requests
-    vecs, traces, tokens, trace_tokens = await engine.embed_with_reasoning(items)   # exported MOON models
+    vecs, traces, tokens, trace_tokens = await engine.embed_with_reasoning(items)   # via MoonReasoner
 
 `embed` submits every item on its own to `_enqueue`, a `@serve.batch` method: it gathers the items of
-concurrent requests for up to `serve.batch_wait_timeout_s` and puts them on the model's queue. One task
+concurrent requests for up to `serve.batch_wait_timeout_s` and puts them on a `ModelQueue`. One task
 drains that queue: each model call takes up to `serve.max_batch_size` waiting items, oldest first, so
 items that arrived while the model was busy go together into the next call (serve.batch alone would
 have lined them up as many small batches). `GET /healthz` reports the calls made and their mean size.
@@ -14,8 +14,13 @@ helper thread), so it keeps taking requests meanwhile. If a model call fails, it
 one by one, so that a bad item fails only its own request; if the model process dies, the requests in
 flight get a 500 and the next request starts a new one.
 
-Reasoning (`reasoning: true`) is not batched across requests: generation dominates its cost. Only
-exported MOON models have an LM; the baselines answer 400 before any input is decoded.
+Reasoning (`reasoning: true`) never touches this model process: generation costs seconds per batch,
+and a request of many inputs used to hold the model for minutes while every embedding waited. Such
+requests go to the MoonReasoner deployment (reasoner.py) through a handle, at most
+`serve.reasoning_max_inputs` inputs each; it has its own replicas, model process, concurrency cap and
+queue. When its queue is full the request gets 503 with Retry-After at once; after
+`serve.reasoning_timeout_s`, 504. Only exported MOON models have an LM; the baselines answer 400
+before any input is decoded.
 
 Usage counts: the text inputs' tokens by the model's tokenizer (MiniLM's for `frozen`, the LM's for
 an exported model; no special tokens); an encoder without a tokenizer (`random`) counts whitespace
@@ -26,64 +31,150 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from ray import serve
 
 from moon_ray.config import ServeConfig
+from moon_ray.infrastructure.timing import Stopwatch
 from moon_ray.serve.errors import ApiError
 from moon_ray.serve.validation import Item
 from moon_ray.serve.worker import ModelWorker, WorkerDied
 
 
-class Engine:
-    """A model process served to many concurrent requests."""
+class ModelQueue:
+    """Items waiting for one model operation; one task drains them, up to `max_batch` per call.
 
-    def __init__(self, worker: ModelWorker, scfg: ServeConfig, model_key: str):
+    `run(items)` returns one result (or ApiError) per item. `on_batch(size, seconds)` sees every call.
+    With `wait_s`, an idle queue waits that long for more items before its first call (generation is
+    slow, so a short wait buys a fuller batch)."""
+
+    def __init__(self, run: Callable[[list[Item]], Awaitable[list]], max_batch: int, wait_s: float = 0.0,
+                 on_batch: Callable[[int, float], None] | None = None):
+        self.run, self.max_batch, self.wait_s, self.on_batch = run, max_batch, wait_s, on_batch
+        self.queue: deque[tuple[Item, asyncio.Future]] = deque()
+        self.runner: asyncio.Task | None = None  # the task draining the queue, while there is one
+        self.batches = 0  # model calls made, and the items they held
+        self.items = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self.queue)
+
+    def stats(self) -> dict:
+        mean = self.items / self.batches if self.batches else 0.0
+        return {"batches": self.batches, "items": self.items, "mean_batch_size": round(mean, 2)}
+
+    def submit(self, items: list[Item]) -> list[asyncio.Future]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self.queue.extend(zip(items, futures, strict=True))
+        if self.runner is None or self.runner.done():
+            self.runner = asyncio.create_task(self._drain())
+        return futures
+
+    async def _drain(self) -> None:
+        """Model calls of up to max_batch queued items (oldest first) until the queue is empty."""
+        if self.wait_s:
+            await asyncio.sleep(self.wait_s)
+        while self.queue:
+            taken = []
+            while self.queue and len(taken) < self.max_batch:
+                item, future = self.queue.popleft()
+                if not future.done():  # not cancelled (its request went away)
+                    taken.append((item, future))
+            if not taken:
+                continue
+            self.batches += 1
+            self.items += len(taken)
+            clock = Stopwatch()
+            try:
+                results = await self.run([item for item, _ in taken])
+            except Exception as e:  # never leave a request waiting
+                results = [ApiError(500, f"the model failed: {e}", code="model_error")] * len(taken)
+            except BaseException:  # cancelled: the replica is going away
+                for _, future in taken:
+                    future.cancel()
+                raise
+            if self.on_batch is not None:
+                self.on_batch(len(taken), clock.elapsed())
+            for (_, future), result in zip(taken, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+
+async def call_worker(worker: ModelWorker, executor: ThreadPoolExecutor, op: str, items: list[Item]):
+    """`op` on the model process for these items (from a helper thread); its failures as ApiErrors."""
+    loop = asyncio.get_running_loop()
+    images, texts = [it.image for it in items], [it.text for it in items]
+    try:
+        return await loop.run_in_executor(executor, worker.call, op, images, texts)
+    except ValueError as e:
+        raise ApiError(400, f"the input could not be embedded: {e}", code="invalid_input") from None
+    except WorkerDied as e:
+        raise ApiError(500, str(e), code="model_process_died") from None
+    except RuntimeError as e:
+        raise ApiError(500, f"the model failed: {e}", code="model_error") from None
+
+
+async def per_item(call: Callable[[list[Item]], Awaitable[list]], items: list[Item]) -> list:
+    """`call(items)`; if it fails, the items one by one, so that a bad item fails only its own request."""
+    try:
+        return await call(items)
+    except ApiError as e:
+        if len(items) == 1 or e.code == "model_process_died":
+            return [e] * len(items)
+    out = []
+    for item in items:
+        try:
+            out.extend(await call([item]))
+        except ApiError as e:
+            out.append(e)
+    return out
+
+
+class Engine:
+    """A model process served to many concurrent requests (and a handle to the reasoning deployment)."""
+
+    def __init__(self, worker: ModelWorker, scfg: ServeConfig, aliases: set[str], reasoner=None, metrics=None):
         self.worker = worker
         info = worker.info
         self.model_id = info["name"]
-        self.aliases = {info["name"], model_key, scfg.model}
+        self.aliases = {info["name"], scfg.model, *aliases}
         self.dim = int(info["dim"])
         self.dimensions = tuple(info["dimensions"])
-        self.can_reason = bool(info["can_reason"])
+        self.reasoner = reasoner if info["can_reason"] else None
+        self.can_reason = self.reasoner is not None
+        self.has_lm = bool(info["can_reason"])
+        self.scfg = scfg
+        self.metrics = metrics
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moon-model")
         self._enqueue.set_max_batch_size(scfg.max_batch_size)
         self._enqueue.set_batch_wait_timeout_s(scfg.batch_wait_timeout_s)
-        self.max_batch_size = scfg.max_batch_size
-        self.queue: deque[tuple[Item, asyncio.Future]] = deque()  # items waiting for the model
-        self.runner: asyncio.Task | None = None  # the task draining the queue, while there is one
-        self.batches = 0  # model calls made for embeddings, and the items they held
-        self.batched_items = 0
+        on_batch = (lambda n, s: metrics.batch("embed", n, s)) if metrics is not None else None
+        self.queue = ModelQueue(self._encode, scfg.max_batch_size, on_batch=on_batch)
+        self.reasoning_inflight = 0
 
     def batching(self) -> dict:
         """How full the dynamic batches have been since the replica started (for /healthz and tuning)."""
-        mean = self.batched_items / self.batches if self.batches else 0.0
-        return {"batches": self.batches, "items": self.batched_items, "mean_batch_size": round(mean, 2)}
+        return self.queue.stats()
 
     def check_reasoning(self) -> None:
-        """ApiError(400) when the model cannot generate reasoning traces."""
-        if not self.can_reason:
-            raise ApiError(400, f"model {self.model_id!r} has no language model, so it cannot generate a "
-                                "reasoning trace; serve an exported MOON model (serve.model=<export dir>) or "
-                                "drop 'reasoning'", param="reasoning", code="reasoning_unsupported")
+        """ApiError(400) when this deployment cannot generate reasoning traces."""
+        if self.can_reason:
+            return
+        if self.has_lm:
+            raise ApiError(400, f"reasoning is off on this deployment (serve.reasoning=false); drop 'reasoning' "
+                                f"or redeploy {self.model_id!r} with it on", param="reasoning",
+                           code="reasoning_unsupported")
+        raise ApiError(400, f"model {self.model_id!r} has no language model, so it cannot generate a "
+                            "reasoning trace; serve an exported MOON model (serve.model=<export dir>) or "
+                            "drop 'reasoning'", param="reasoning", code="reasoning_unsupported")
 
     def accepts(self, model: str | None) -> bool:
         return model is None or model in self.aliases
-
-    async def call(self, op: str, items: list[Item]):
-        """`op` on the model process for these items; its failures as ApiErrors."""
-        loop = asyncio.get_running_loop()
-        images, texts = [it.image for it in items], [it.text for it in items]
-        try:
-            return await loop.run_in_executor(self.executor, self.worker.call, op, images, texts)
-        except ValueError as e:
-            raise ApiError(400, f"the input could not be embedded: {e}", code="invalid_input") from None
-        except WorkerDied as e:
-            raise ApiError(500, str(e), code="model_process_died") from None
-        except RuntimeError as e:
-            raise ApiError(500, f"the model failed: {e}", code="model_error") from None
 
     # ------------------------------------------------------------------------------- embeddings
     async def embed(self, items: list[Item]) -> tuple[np.ndarray, list[int]]:
@@ -103,59 +194,54 @@ class Engine:
         line up many small batches (a mean of 2.4 items at 32 concurrent requests, measured). Handing
         each batch to the queue instead lets the next model call take everything that waits.
         """
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in items]
-        self.queue.extend(zip(items, futures, strict=True))
-        if self.runner is None or self.runner.done():
-            self.runner = asyncio.create_task(self._drain())
-        return futures
-
-    async def _drain(self) -> None:
-        """Model calls of up to max_batch_size queued items (oldest first) until the queue is empty."""
-        while self.queue:
-            taken = []
-            while self.queue and len(taken) < self.max_batch_size:
-                item, future = self.queue.popleft()
-                if not future.done():  # not cancelled (its request went away)
-                    taken.append((item, future))
-            if not taken:
-                continue
-            self.batches += 1
-            self.batched_items += len(taken)
-            try:
-                results = await self._encode([item for item, _ in taken])
-            except Exception as e:  # never leave a request waiting
-                results = [ApiError(500, f"the model failed: {e}", code="model_error")] * len(taken)
-            except BaseException:  # cancelled: the replica is going away
-                for _, future in taken:
-                    future.cancel()
-                raise
-            for (_, future), result in zip(taken, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+        return self.queue.submit(items)
 
     async def _encode(self, items: list[Item]) -> list[tuple[np.ndarray, int] | ApiError]:
-        """One model call; if it fails, the items one by one, so that a bad item fails only its own request."""
-        try:
-            vecs, tokens = await self.call("encode", items)
+        async def encode(chunk: list[Item]):
+            vecs, tokens = await call_worker(self.worker, self.executor, "encode", chunk)
             return list(zip(vecs, tokens, strict=True))
-        except ApiError as e:
-            if len(items) == 1 or e.code == "model_process_died":
-                return [e] * len(items)
-        return [await self._embed_one(item) for item in items]
 
-    async def _embed_one(self, item: Item) -> tuple[np.ndarray, int] | ApiError:
-        try:
-            vecs, tokens = await self.call("encode", [item])
-            return vecs[0], tokens[0]
-        except ApiError as e:
-            return e
+        return await per_item(encode, items)
 
     # -------------------------------------------------------------------------------- reasoning
     async def embed_with_reasoning(self, items: list[Item]) -> tuple[np.ndarray, list[str], list[int], list[int]]:
-        """Embeddings of the items with their generated traces, the traces, and the token counts of both."""
+        """Embeddings of the items with their generated traces, the traces, and the token counts of both,
+        from the reasoning deployment (never this replica's model process)."""
         self.check_reasoning()
-        return await self.call("reason", items)
+        cap = self.scfg.reasoning_max_inputs
+        if len(items) > cap:
+            raise ApiError(400, f"too many inputs for reasoning: {len(items)} (at most {cap} per request with "
+                                "reasoning=true, serve.reasoning_max_inputs)", param="input", code="too_many_inputs")
+        self.reasoning_inflight += 1
+        try:
+            out = await self._ask_reasoner(items)
+        finally:
+            self.reasoning_inflight -= 1
+        if "error" in out:
+            status, message, param, code = out["error"]
+            raise ApiError(status, message, param=param, code=code)
+        if self.metrics is not None:
+            self.metrics.batch("reason", out["batch"], out["seconds"])
+        return out["vectors"], out["traces"], out["tokens"], out["trace_tokens"]
+
+    async def _ask_reasoner(self, items: list[Item]) -> dict:
+        from ray.serve.exceptions import BackPressureError
+
+        response = self.reasoner.remote(items)
+
+        async def result():
+            return await response
+
+        try:
+            return await asyncio.wait_for(result(), timeout=self.scfg.reasoning_timeout_s)
+        except BackPressureError:
+            raise ApiError(503, "reasoning is at capacity (serve.reasoning_max_ongoing and reasoning_max_queued "
+                                "requests are taken); retry later", code="reasoning_busy",
+                           headers={"Retry-After": "1"}) from None
+        except TimeoutError:
+            response.cancel()
+            raise ApiError(504, f"reasoning took longer than {self.scfg.reasoning_timeout_s:g} s "
+                                "(serve.reasoning_timeout_s)", code="reasoning_timeout") from None
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

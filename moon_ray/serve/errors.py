@@ -1,4 +1,4 @@
-"""Errors in OpenAI's shape, and the two guards that run before any route: body size and bearer token.
+"""Errors in OpenAI's shape, and the guards that run before any route: body size and bearer token.
 
 Every refused request gets a JSON body
 
@@ -6,27 +6,33 @@ Every refused request gets a JSON body
                "param": "input[0].image", "code": "invalid_base64"}}
 
 with a 4xx status that says what is wrong: 400 malformed or out-of-limit input, 401 missing or wrong
-token, 404 unknown model or route, 405 wrong method, 413 body too large. A failure inside the model
-is a 500 in the same shape; it never takes the replica down.
+token, 404 unknown model or route, 405 wrong method, 413 body too large, 429 over the key's rate
+limit (limits.py; with Retry-After). A failure inside the model is a 500 in the same shape; it never
+takes the replica down; 503 (with Retry-After) when the reasoning deployment is at capacity, 504 when
+it does not answer in time.
 
 The guards are plain ASGI middleware, so they act before FastAPI reads anything:
 
 - `BodyLimit` reads the body itself, counting bytes; past `max_bytes` it answers 413 (after draining
   at most a few times the limit, so that the client sees the answer instead of a reset connection) and
   the route never runs. Otherwise the buffered body is replayed to the app.
-- `BearerAuth` compares `Authorization: Bearer <key>` in constant time; paths in `open_paths`
-  (/healthz) need no token. With no key configured it lets everything through.
+- `BearerAuth` compares `Authorization: Bearer <key>` in constant time against every configured key
+  (`parse_keys`: "k1,k2" or "team-a:k1,team-b:k2") and puts the key's name in the request state
+  (`api_key`, for the per-key rate limit); paths in `open_paths` (/healthz, /readyz, /metrics) need
+  no token. With no key configured it lets everything through.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from typing import Any
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 503: "service_unavailable",
-               500: "server_error"}
+               405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+               503: "service_unavailable", 504: "timeout", 500: "server_error"}
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
 class ApiError(Exception):
@@ -133,16 +139,42 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+def parse_keys(text: str | None) -> dict[str, str]:
+    """"k1,k2" or "team-a:k1,team-b:k2" -> {key: name}; an unnamed key is named key-<8 hex of its hash>
+    (names label metrics and rate limits; the keys themselves never leave this process)."""
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, key = part.partition(":")
+        if not sep:
+            name, key = f"key-{hashlib.sha256(part.encode()).hexdigest()[:8]}", part
+        if not key.strip() or not name.strip():
+            raise ValueError("an API key entry is empty: write keys as 'key' or 'name:key', separated by commas")
+        out[key.strip()] = name.strip()
+    return out
+
+
 class BearerAuth:
     """Require `Authorization: Bearer <key>` on every path but `open_paths`; no key: no check."""
 
-    def __init__(self, app, key: str | None, open_paths: tuple[str, ...] = ("/healthz",)):
+    def __init__(self, app, keys: str | dict[str, str] | None, open_paths: tuple[str, ...] = OPEN_PATHS):
         self.app = app
-        self.key = key.encode() if key else None
+        named = parse_keys(keys) if isinstance(keys, str) or keys is None else keys
+        self.keys = [(k.encode("latin-1"), name) for k, name in named.items()]
         self.open_paths = set(open_paths)
 
+    def identify(self, token: bytes) -> str | None:
+        """The name of the key equal to `token`, comparing against every key in constant time."""
+        found = None
+        for key, name in self.keys:
+            if hmac.compare_digest(token, key):
+                found = name
+        return found
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self.key is None or app_path(scope) in self.open_paths:
+        if scope["type"] != "http" or not self.keys or app_path(scope) in self.open_paths:
             return await self.app(scope, receive, send)
         header = dict(scope.get("headers") or []).get(b"authorization")
         challenge = {"WWW-Authenticate": "Bearer"}
@@ -151,7 +183,9 @@ class BearerAuth:
                 401, "missing API key: send the header 'Authorization: Bearer <key>'", code="missing_api_key",
                 headers=challenge))
         scheme, _, token = header.decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"), self.key):
+        name = self.identify(token.strip().encode("latin-1")) if scheme.lower() == "bearer" else None
+        if name is None:
             return await send_error(send, ApiError(401, "incorrect API key provided", code="invalid_api_key",
                                                    headers=challenge))
+        scope.setdefault("state", {})["api_key"] = name
         return await self.app(scope, receive, send)

@@ -1,122 +1,125 @@
-"""The catalog index behind /v1/search: product embeddings, a FAISS index over them, and their metadata.
+"""The catalog index behind /v1/search: product vectors, a FAISS index over them, and their metadata.
 
-    index = CatalogIndex.build(cfg, encoder, model_key)   # embed the catalog's products (image + title)
-    index.save("outputs/serve/index-frozen")              # vectors.npy, products.parquet, manifest.json
-    index = CatalogIndex.load("outputs/serve/index-frozen", cfg, encoder.dim, model_key)
+    index = CatalogIndex.load("outputs/train/export-index", cfg, identity)   # a prebuilt artifact (seconds)
+    index = CatalogIndex.build(cfg, encoder, identity)    # the fallback: embed the catalog at start (minutes)
     hits = index.search(query_vec, k=10, filters={"gender": ["Men"]})
 
-The products are those of `data.output_dir`/products in catalog order (`row`), only the split
-`serve.index_split` when set, at most `serve.index_limit` of them, each embedded as a product with
-`Encoder.encode_products(images, titles)`, `serve.index_batch_size` at a time. The FAISS index is
-`serve.index` (flat: exact; hnsw: `index.hnsw_*` parameters) from moon_ray/infrastructure/index.py; a saved index
-keeps the vectors and the FAISS index is rebuilt from them at load (instant for flat, seconds for
-HNSW over 10k products), so one saved index serves either kind, on CPU or GPU FAISS.
+The index is an artifact built once by `moon-ray index` (a Ray Data job, moon_ray/eval/index_job.py)
+and loaded by every replica; its format, the model identity it records and the trace policy are in
+moon_ray/eval/index_artifact.py. Loading checks the identity: an index built by another model is a
+ConfigError naming both. `build` is the fallback when no index exists (serve.index_build_at_start):
+the replica's own model process embeds `serve.index_batch_size` products per call with the same
+`embed_products` as the job, so both give the same vectors.
 
-Filters are exact matches on product attributes; a list means any of its values. With filters, the
-candidates are the products that match, scored exactly against their stored vectors (so a filter never
-loses results the way an over-fetch of the ANN top-k can); without, the FAISS index answers.
-
-A saved index records the model it was built with; loading it for another model is an error, since
-vectors of two models do not share a space.
+The FAISS index is `serve.index` (flat: exact; hnsw: `index.hnsw_*`): the saved HNSW graph is read when
+its parameters match, else one is built from the vectors (flat: instant). Filters are exact matches on
+product attributes; a list means any of its values. With filters, the candidates are the products that
+match, scored exactly against their stored vectors (so a filter never loses results the way an
+over-fetch of the ANN top-k can); without, the FAISS index answers.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from moon_ray.config import Config, ConfigError
+from moon_ray.config import Config
+from moon_ray.eval.index_artifact import (
+    FILTER_FIELDS,  # noqa: F401  (re-exported for the API)
+    META_COLUMNS,
+    TRACE_COLUMN,
+    catalog_fingerprint,
+    check_identity,
+    faiss_index,
+    load_products,
+    make_manifest,
+    product_meta,
+    read_index_dir,
+    stored_traces,
+    trace_summary,
+    write_index_dir,
+)
 from moon_ray.infrastructure.timing import Stopwatch
 
-META_COLUMNS = ("id", "title", "brand", "article_type", "colour", "gender", "season", "usage", "master_category",
-                "sub_category", "material", "year", "split")
-FILTER_FIELDS = ("id", "brand", "article_type", "colour", "gender", "season", "usage", "master_category",
-                 "sub_category", "material", "split")
-FILES = ("manifest.json", "vectors.npy", "products.parquet")
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class CatalogIndex:
     vectors: np.ndarray  # (N, D) float32, unit rows
-    meta: dict[str, list]  # META_COLUMNS -> N values
+    meta: dict[str, list]  # META_COLUMNS (+ reasoning) -> N values
     manifest: dict
     index: object  # FAISS index over `vectors`
+    path: str | None = None  # where it was loaded from (None: built at start)
 
     @property
     def size(self) -> int:
         return int(self.vectors.shape[0])
 
+    def describe(self) -> dict:
+        """What /readyz and /metrics say about the index."""
+        ident, traces = self.manifest.get("identity", {}), self.manifest.get("traces", {})
+        return {"size": self.size, "path": self.path, "built_by": self.manifest.get("built_by"),
+                "model": ident.get("name"), "fingerprint": (ident.get("fingerprint") or "")[:12],
+                "created": self.manifest.get("created"), "trace_policy_versions": traces.get("policy_versions", [])}
+
     # ---------------------------------------------------------------------------------- building
     @classmethod
-    def build(cls, cfg: Config, encoder, model_key: str) -> CatalogIndex:
-        """Embed the configured slice of the catalog with `encoder` (minutes for 10k products on 2 CPUs)."""
+    def build(cls, cfg: Config, encoder, identity: dict) -> CatalogIndex:
+        """The fallback: embed the configured catalog slice with `encoder` (minutes for 10k products on 2 CPUs).
+
+        `encoder.embed_products(images, titles, traces)` -> (vectors, traces used | None), as the job's."""
         table = load_products(cfg)
         n, bs = table.num_rows, cfg.serve.index_batch_size
+        stored, mask = stored_traces(table)
         vectors = np.zeros((n, encoder.dim), dtype=np.float32)
+        used: list[str] | None = None
         clock = Stopwatch()
         for s in range(0, n, bs):
             part = table.slice(s, bs)
-            vectors[s : s + part.num_rows] = encoder.encode_products(
-                part.column("image").to_pylist(), part.column("title").to_pylist())
+            vecs, traces = encoder.embed_products(part.column("image").to_pylist(), part.column("title").to_pylist(),
+                                                  stored[s : s + bs] if stored is not None else None)
+            vectors[s : s + part.num_rows] = vecs
+            if traces is not None:
+                used = (used or [""] * n)
+                used[s : s + part.num_rows] = traces
             if (s // bs) % 20 == 0:
-                log.warning("catalog index: %d / %d products embedded (%.0f s)", s + part.num_rows, n,
-                            clock.elapsed())
-        meta = table.select(list(META_COLUMNS)).to_pydict()
-        manifest = {"model": model_key, "encoder": encoder.name, "dim": int(encoder.dim), "count": n,
-                    "catalog": str(Path(cfg.data.output_dir).resolve()), "split": cfg.serve.index_split,
-                    "limit": cfg.serve.index_limit, "seconds": round(clock.elapsed(), 1),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        return cls(vectors, meta, manifest, _faiss(vectors, cfg))
+                log.warning("catalog index at start: %d / %d products embedded (%.0f s); build it once with "
+                            "`moon-ray index` instead", s + part.num_rows, n, clock.elapsed())
+        manifest = make_manifest(cfg, table, identity, encoder.dim,
+                                 trace_summary(table, used, identity, mask if used is not None else None),
+                                 built_by="replica start (fallback)", seconds=clock.elapsed())
+        return cls(vectors, product_meta(table, used), manifest, faiss_index(vectors, cfg))
 
     def save(self, path: str | Path) -> Path:
-        """Write the index to directory `path` (replaced atomically); `load` reads it back."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        """Write the artifact (a CPU FAISS index is saved with it); `load` reads it back."""
+        from moon_ray.infrastructure.index import build_index
 
-        from moon_ray.catalog.schema import PRODUCT_SCHEMA
-
-        out = Path(path)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        np.save(tmp / "vectors.npy", self.vectors)
-        schema = pa.schema([PRODUCT_SCHEMA.field(c) for c in META_COLUMNS])
-        pq.write_table(pa.Table.from_pydict(self.meta, schema=schema), tmp / "products.parquet")
-        (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
-        if out.exists():
-            for f in out.iterdir():
-                f.unlink()
-            out.rmdir()
-        tmp.rename(out)
-        return out
+        kind = self.manifest["faiss"]["kind"]
+        cpu = build_index(self.vectors, kind, self.manifest["faiss"]["hnsw_m"],
+                          self.manifest["faiss"]["hnsw_ef_construction"], use_gpu=False)
+        return write_index_dir(path, self.vectors, self.meta, self.manifest, cpu)
 
     @classmethod
-    def load(cls, path: str | Path, cfg: Config, dim: int, model_key: str) -> CatalogIndex:
-        """Read a saved index; an error when it was built with another model or is incomplete."""
-        import pyarrow.parquet as pq
-
+    def load(cls, path: str | Path, cfg: Config, identity: dict) -> CatalogIndex:
+        """Read a saved index; a ConfigError when another model built it, FileNotFoundError when incomplete."""
         root = Path(path)
-        missing = [f for f in FILES if not (root / f).exists()]
-        if missing:
-            raise FileNotFoundError(f"serve.index_dir={root} is not a saved catalog index (missing {missing}); "
-                                    "save one with `moon-ray serve --build-index DIR`")
-        manifest = json.loads((root / "manifest.json").read_text())
-        if manifest.get("model") != model_key or manifest.get("dim") != dim:
-            raise ConfigError(f"serve.index_dir={root} was built with model {manifest.get('model')!r} "
-                              f"(dim {manifest.get('dim')}), but the served model is {model_key!r} (dim {dim}); "
-                              "rebuild it with `moon-ray serve --build-index DIR`")
-        vectors = np.load(root / "vectors.npy")
-        meta = pq.read_table(root / "products.parquet").to_pydict()
-        return cls(vectors, meta, manifest, _faiss(vectors, cfg))
+        manifest, vectors, meta = read_index_dir(root)
+        check_identity(manifest, identity, root, cfg.serve.model)
+        here = catalog_fingerprint(cfg.data.output_dir)
+        built = manifest.get("catalog", {}).get("shards")
+        if here is not None and built is not None and here != built:
+            log.warning("the catalog index at %s was built from other product shards than those now in %s; "
+                        "rebuild it with `moon-ray index` if the catalog changed", root, cfg.data.output_dir)
+        return cls(vectors, meta, manifest, faiss_index(vectors, cfg, root, manifest), str(root))
 
     # ----------------------------------------------------------------------------------- search
     def search(self, query: np.ndarray, k: int, filters: dict[str, list[str]] | None = None) -> list[dict]:
-        """The top-k products for one query vector: metadata plus `score` (cosine) and `rank`."""
+        """The top-k products for one query vector: metadata plus `score` (cosine) and `rank` (and the
+        product's `reasoning` trace when the index embedded one)."""
         from moon_ray.infrastructure.index import search
 
         q = np.asarray(query, dtype=np.float32).reshape(1, -1)
@@ -129,7 +132,8 @@ class CatalogIndex:
             best, ids = search(self.index, q, min(k, self.size))
             keep = ids[0] >= 0
             ids, best = ids[0][keep], best[0][keep]
-        return [{"rank": r + 1, "score": float(s), **{c: self.meta[c][int(i)] for c in META_COLUMNS}}
+        columns = [*META_COLUMNS, *([TRACE_COLUMN] if TRACE_COLUMN in self.meta else [])]
+        return [{"rank": r + 1, "score": float(s), **{c: self.meta[c][int(i)] for c in columns}}
                 for r, (i, s) in enumerate(zip(ids, best, strict=True))]
 
     def matching(self, filters: dict[str, list[str]]) -> np.ndarray:
@@ -139,31 +143,3 @@ class CatalogIndex:
             allowed = set(values)
             mask &= np.fromiter((v in allowed for v in self.meta[field]), dtype=bool, count=self.size)
         return np.flatnonzero(mask)
-
-
-def _faiss(vectors: np.ndarray, cfg: Config):
-    from moon_ray.infrastructure.index import build_index
-
-    ix = cfg.index
-    return build_index(vectors, cfg.serve.index, ix.hnsw_m, ix.hnsw_ef_construction, ix.hnsw_ef_search)
-
-
-def load_products(cfg: Config):
-    """The catalog's products to index (id, title, image, metadata), in catalog order; a clear error if none."""
-    import pyarrow.dataset as ds
-
-    products = Path(cfg.data.output_dir) / "products"
-    if not products.is_dir() or not any(products.glob("*.parquet")):
-        raise FileNotFoundError(f"no preprocessed catalog at {products}: run `moon-ray preprocess` first, point "
-                                "data.output_dir at one, or set serve.index_limit=0 to serve embeddings only")
-    dataset = ds.dataset(products, format="parquet")
-    split = cfg.serve.index_split
-    columns = sorted(set(META_COLUMNS) | {"row", "image"})
-    table = dataset.to_table(columns=columns, filter=(ds.field("split") == split) if split else None)
-    if table.num_rows == 0:
-        found = sorted(set(dataset.to_table(columns=["split"]).column("split").to_pylist()))
-        raise ConfigError(f"serve.index_split: no products in split {split!r} under {products} (splits: {found})")
-    table = table.sort_by("row")
-    if cfg.serve.index_limit is not None:
-        table = table.slice(0, cfg.serve.index_limit)
-    return table

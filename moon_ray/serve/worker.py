@@ -3,6 +3,8 @@
     worker = ModelWorker({"model": "frozen", "device": "cpu", "threads": 1, "batch_size": 32, "reasoning_tokens": 48})
     worker.info                                   # {"name", "dim", "dimensions", "can_reason"}
     vecs, tokens = worker.call("encode", images, texts)
+    worker = ModelWorker(spec, wait=False)        # the load runs in the child while the caller loads the index
+    worker.wait_ready()
 
 Why a process: a replica's event loops (Serve's and the ASGI app's) are Python threads. A model thread
 in the same process takes the GIL for every Python step of its forward pass: in a measurement on this
@@ -23,7 +25,11 @@ Operations (run in the child on the encoder, `moon_ray.models.encoder.get_encode
 | --------------- | ---------------- | ------------------------------------------------------------ |
 | encode          | images, texts    | (float32 (N, D) unit rows, tokens of each text)              |
 | encode_products | images, titles   | float32 (N, D): the catalog side                             |
+| embed_products  | images, titles, traces | (float32 (N, D), traces used or None): as `moon-ray index` |
 | reason          | images, texts    | (vectors with traces, traces, tokens of texts, tokens of traces) |
+
+`spec["nice"]` (optional) lowers the child's CPU priority by that much: the reasoning deployment's
+model process yields the shared cores to the embedding one (serve.reasoning_nice).
 
 Reasoning: the embedder's LM writes a trace for each input (`generate_reasoning`, greedy, at most
 `reasoning_tokens` new tokens), then the input is embedded with it:
@@ -56,15 +62,30 @@ class WorkerDied(RuntimeError):
 class ModelWorker:
     """A child process holding the encoder; `call` runs one operation there."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, wait: bool = True):
         self.spec = dict(spec)
         self.lock = threading.Lock()
         self.info: dict = {}
         self.proc: subprocess.Popen | None = None
         self.conn: Connection | None = None
-        self._start()
+        self._spawn()
+        if wait:
+            self.wait_ready()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        """Whether the model process is up (it is restarted by the next call when not)."""
+        return self.proc is not None and self.proc.poll() is None and bool(self.info)
 
     def _start(self) -> None:
+        self._spawn()
+        self.wait_ready()
+
+    def _spawn(self) -> None:
+        """Start the child and send it the spec; it loads the model while the caller goes on."""
         parent, child = socket.socketpair()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen([sys.executable, "-m", "moon_ray.serve.worker", str(child.fileno())],
@@ -73,6 +94,9 @@ class ModelWorker:
         child.close()
         self.conn = Connection(parent.detach())
         self.conn.send(self.spec)
+
+    def wait_ready(self) -> None:
+        """Block until the child has loaded the model (self.info set), or raise RuntimeError."""
         if not self.conn.poll(STARTUP_TIMEOUT_S):
             self.close()
             raise RuntimeError(f"the model process did not load {self.spec['model']!r} in {STARTUP_TIMEOUT_S:.0f} s")
@@ -88,11 +112,21 @@ class ModelWorker:
             raise RuntimeError(f"the model process could not load {self.spec['model']!r}: {value[1]}")
         self.info = value
 
+    def ensure(self) -> None:
+        """Start a new model process if the last one died (readiness probes call this)."""
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self.close()
+                self._start()
+
     def call(self, op: str, *args):
         """Run `op(*args)` in the child; its ValueError comes back as ValueError, other errors as RuntimeError."""
         with self.lock:
             if self.proc is None or self.proc.poll() is not None:
+                self.close()
                 self._start()
+            elif not self.info:  # started with wait=False and still loading: the first call waits for it
+                self.wait_ready()
             try:
                 self.conn.send((op, args))
                 if not self.conn.poll(CALL_TIMEOUT_S):
@@ -133,23 +167,23 @@ class ProcessEncoder(Encoder):
     def encode_products(self, images, titles) -> np.ndarray:
         return self.worker.call("encode_products", list(images), list(titles))
 
+    def embed_products(self, images, titles, traces=None):
+        """(vectors, traces used or None): products as `moon-ray index` embeds them (for the fallback build)."""
+        return self.worker.call("embed_products", list(images), list(titles), traces)
+
 
 # ------------------------------------------------------------------------------------- the child
 def load(spec: dict):
-    from moon_ray.models.encoder import get_encoder
+    from moon_ray.eval.index_artifact import product_encoder
 
-    if spec["model"] == "frozen":
-        return get_encoder("frozen", device=spec["device"])
-    if Path(spec["model"]).is_dir():
-        return get_encoder(spec["model"], device=spec["device"], batch_size=spec["batch_size"])
-    return get_encoder(spec["model"])
+    return product_encoder(spec["model"], spec["device"], spec["batch_size"])
 
 
 def describe(encoder) -> dict:
     from moon_ray.serve.validation import allowed_dimensions
 
     return {"name": encoder.name, "dim": int(encoder.dim), "dimensions": list(allowed_dimensions(encoder)),
-            "can_reason": moon_model(encoder) is not None}
+            "can_reason": getattr(moon_model(encoder), "can_reason", moon_model(encoder) is not None)}
 
 
 def moon_model(encoder):
@@ -172,6 +206,12 @@ def encode(encoder, images, texts):
 
 def encode_products(encoder, images, titles):
     return np.asarray(encoder.encode_products(images, titles), dtype=np.float32)
+
+
+def embed_products(encoder, images, titles, traces):
+    from moon_ray.eval.index_artifact import embed_products as embed
+
+    return embed(encoder, images, titles, traces)
 
 
 def reason(encoder, images, texts, max_tokens: int, batch_size: int):
@@ -210,13 +250,15 @@ def serve_forever(conn: Connection) -> None:
     try:
         import torch
 
+        if spec.get("nice"):
+            os.nice(int(spec["nice"]))
         torch.set_num_threads(spec["threads"])
         encoder = load(spec)
         conn.send((True, describe(encoder)))
     except Exception as e:
         conn.send((False, (type(e).__name__, f"{type(e).__name__}: {e}")))
         return
-    ops = {"encode": encode, "encode_products": encode_products,
+    ops = {"encode": encode, "encode_products": encode_products, "embed_products": embed_products,
            "reason": lambda enc, images, texts: reason(enc, images, texts, spec["reasoning_tokens"], spec["batch_size"])}
     while True:
         try:

@@ -49,21 +49,29 @@ def test_image_and_text_query(http, served):
     assert r.json()["query"]["kind"] == "multimodal" and r.json()["data"][0]["id"] == product["id"]
 
 
-def test_tiny_app_serves_its_saved_index(served):
+def test_tiny_app_serves_its_saved_index(served, tiny_index):
     import httpx
 
     headers = {"Authorization": f"Bearer {served.key}"}
     assert httpx.get(f"{served.tiny_url}/healthz").json()["index_size"] == 20
+    ready = httpx.get(f"{served.tiny_url}/readyz").json()
+    assert ready["index"]["path"] == str(tiny_index) and ready["index"]["built_by"].startswith("moon-ray index")
     r = httpx.post(f"{served.tiny_url}/v1/search", json={"text": "shirt", "k": 4}, headers=headers, timeout=60)
     assert r.status_code == 200, r.text
     assert {h["id"] for h in r.json()["data"]} <= {p["id"] for p in served.products[:20]}
 
 
+TOY = {"name": "toy", "kind": "baseline", "path": None, "fingerprint": "f" * 64, "config_hash": "c" * 64,
+       "step": None, "reasoning": False}
+
+
 def toy_index(vectors: np.ndarray, meta: dict) -> CatalogIndex:
+    from moon_ray.eval.index_artifact import FORMAT
     from moon_ray.infrastructure.index import build_index
 
-    return CatalogIndex(vectors.astype(np.float32), meta, {"model": "toy", "dim": vectors.shape[1]},
-                        build_index(vectors.astype(np.float32)))
+    manifest = {"format": FORMAT, "identity": TOY, "dim": vectors.shape[1], "count": vectors.shape[0],
+                "faiss": {"kind": "flat", "hnsw_m": 32, "hnsw_ef_construction": 200}, "catalog": {}, "traces": {}}
+    return CatalogIndex(vectors.astype(np.float32), meta, manifest, build_index(vectors.astype(np.float32)))
 
 
 def test_filtered_search_is_exact_and_ordered():
@@ -87,10 +95,35 @@ def test_saved_index_refuses_another_model(tmp_path):
     meta["year"] = [2011]
     toy_index(np.ones((1, 4)) / 2, meta).save(tmp_path / "idx")
     cfg = load_config(None)
-    loaded = CatalogIndex.load(tmp_path / "idx", cfg, 4, "toy")
+    loaded = CatalogIndex.load(tmp_path / "idx", cfg, TOY)
     np.testing.assert_array_equal(loaded.vectors, np.ones((1, 4), np.float32) / 2)
-    assert loaded.meta["id"] == ["x"]
-    with pytest.raises(ConfigError, match="built with model 'toy'"):
-        CatalogIndex.load(tmp_path / "idx", cfg, 4, "frozen")
-    with pytest.raises(FileNotFoundError, match="not a saved catalog index"):
-        CatalogIndex.load(tmp_path, cfg, 4, "toy")
+    assert loaded.meta["id"] == ["x"] and loaded.path == str(tmp_path / "idx")
+    other = dict(TOY, name="other", fingerprint="0" * 64)
+    with pytest.raises(ConfigError, match="built by baseline 'toy', but this server serves baseline 'other'"):
+        CatalogIndex.load(tmp_path / "idx", cfg, other)
+    with pytest.raises(FileNotFoundError, match="not a catalog index"):
+        CatalogIndex.load(tmp_path, cfg, TOY)
+
+
+def test_saved_hnsw_graph_is_read_not_rebuilt(tmp_path, monkeypatch):
+    from moon_ray.infrastructure import index as faiss_helpers
+
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(50, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    meta = {c: [str(i) for i in range(50)] for c in ("id", "title", "brand", "article_type", "colour", "gender",
+                                                     "season", "usage", "master_category", "sub_category",
+                                                     "material", "split")}
+    meta["year"] = [2011] * 50
+    saved = toy_index(vecs, meta)
+    saved.manifest["faiss"] = {"kind": "hnsw", "hnsw_m": 32, "hnsw_ef_construction": 200}
+    saved.save(tmp_path / "idx")
+    cfg = load_config(None, ["serve.index=hnsw", "index.hnsw_ef_search=64"])
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the HNSW graph was rebuilt instead of read")
+
+    monkeypatch.setattr(faiss_helpers, "build_index", no_build)
+    loaded = CatalogIndex.load(tmp_path / "idx", cfg, TOY)
+    assert type(loaded.index).__name__ == "IndexHNSWFlat" and loaded.index.hnsw.efSearch == 64
+    assert loaded.search(vecs[7], 1)[0]["id"] == "7"

@@ -192,7 +192,7 @@ def test_engine_coalesces_items_that_wait_behind_a_busy_model(monkeypatch):
     model = SlowEncoder()
 
     async def scenario():
-        engine = Engine(model, load_config(None, []).serve, "slow")
+        engine = Engine(model, load_config(None, []).serve, {"slow"})
 
         async def request(text: str, delay: float):
             await asyncio.sleep(delay)
@@ -211,3 +211,130 @@ def test_engine_coalesces_items_that_wait_behind_a_busy_model(monkeypatch):
     assert model.calls[0] == ["x"]  # alone: nothing else waited
     assert sorted(model.calls[1], key=len) == sorted([*texts[1:], "bad"], key=len)  # all that came meanwhile
     assert batching == {"batches": 2, "items": 10, "mean_batch_size": 5.0}  # then one by one, for "bad"
+
+
+def test_token_bucket_matches_hand_derived_waits():
+    from moon_ray.serve.limits import RateLimiter
+
+    clock = type("Clock", (), {"t": 100.0})()
+    refused = []
+    limiter = RateLimiter({"requests": (2.0, 2.0), "items": (4.0, 8.0)}, clock=lambda: clock.t,
+                          on_refuse=lambda key, kind: refused.append((key, kind)))
+    limiter.check("a", "requests")
+    limiter.check("a", "requests")  # the burst of 2 is spent
+    with pytest.raises(ApiError) as e:
+        limiter.check("a", "requests")
+    assert e.value.status == 429 and e.value.headers == {"Retry-After": "1", "retry-after-ms": "500"}
+    limiter.check("b", "requests")  # another key has its own bucket
+    clock.t += 0.25  # 0.5 token back: still short by 0.5 -> 0.25 s
+    with pytest.raises(ApiError, match="retry in 0.25 s"):
+        limiter.check("a", "requests")
+    clock.t += 0.25
+    limiter.check("a", "requests")
+    limiter.check("a", "items", 8)
+    with pytest.raises(ApiError) as e:
+        limiter.check("a", "items", 6)  # 6 / 4 per s = 1.5 s -> Retry-After rounds up to 2
+    assert e.value.headers == {"Retry-After": "2", "retry-after-ms": "1500"}
+    clock.t += 10.0  # refills to the burst, not beyond
+    limiter.check("a", "items", 8)
+    with pytest.raises(ApiError):
+        limiter.check("a", "items", 1)
+    assert refused == [("a", "requests"), ("a", "requests"), ("a", "items"), ("a", "items")]
+
+
+def test_rate_limit_config_defaults_and_checks():
+    from moon_ray.config import load_config
+    from moon_ray.serve.limits import RateLimiter
+
+    assert RateLimiter.of(load_config(None, []).serve) is None  # off by default
+    scfg = load_config(None, ["serve.rate_limit_requests_per_s=2.5", "serve.rate_limit_items_per_s=10",
+                              "serve.max_inputs=16"]).serve
+    assert RateLimiter.of(scfg).limits == {"requests": (2.5, 3.0), "items": (10.0, 16.0)}
+    with pytest.raises(ConfigError, match="below serve.max_inputs"):
+        load_config(None, ["serve.rate_limit_items_per_s=10", "serve.rate_limit_item_burst=8"])
+    with pytest.raises(ConfigError, match="serve.auth"):
+        load_config(None, ["serve.auth=closed"])
+
+
+def test_api_keys_are_named_and_compared_in_full():
+    from moon_ray.serve.errors import BearerAuth, parse_keys
+
+    keys = parse_keys(" team-a:k1 , k2 ")
+    assert keys["k1"] == "team-a" and keys["k2"].startswith("key-") and len(keys["k2"]) == 12
+    auth = BearerAuth(None, keys)
+    assert auth.identify(b"k1") == "team-a" and auth.identify(b"k2") == keys["k2"]
+    assert auth.identify(b"k") is None and auth.identify(b"k1x") is None
+    with pytest.raises(ValueError, match="empty"):
+        parse_keys("team-a:")
+
+
+def test_auth_required_refuses_to_build_without_a_key(monkeypatch):
+    from moon_ray.serve.app import ENV_KEY, api_keys, config_from_args
+
+    monkeypatch.delenv(ENV_KEY, raising=False)
+    required = config_from_args({"overrides": ["serve.auth=required"]})
+    with pytest.raises(ConfigError, match="needs an API key.*serve.auth=open"):
+        api_keys(required, None)
+    assert api_keys(required, "ops:s3cret") == {"s3cret": "ops"}
+    public = config_from_args({"overrides": ["serve.host=0.0.0.0"]})  # auto: a public address needs a key
+    with pytest.raises(ConfigError, match="host 0.0.0.0"):
+        api_keys(public, None)
+    assert api_keys(config_from_args({"overrides": ["serve.host=0.0.0.0", "serve.auth=open"]}), None) == {}
+    assert api_keys(config_from_args({}), None) == {}  # loopback, auto: open
+
+
+def test_reasoner_capacity_and_timeout_become_503_and_504(monkeypatch):
+    """The ingress never waits on a full reasoner: its back-pressure is a 503 with Retry-After at once, and
+    a reasoner that does not answer in serve.reasoning_timeout_s is a 504."""
+    import asyncio
+
+    from ray.serve.exceptions import BackPressureError
+
+    from moon_ray.config import load_config
+    from moon_ray.serve.engine import Engine
+    from moon_ray.serve.validation import Item
+
+    class Response:
+        def __init__(self, outcome):
+            self.outcome, self.cancelled = outcome, False
+
+        def __await__(self):
+            if self.outcome == "full":
+                raise BackPressureError(num_queued_requests=16, max_queued_requests=16)
+            yield from asyncio.sleep(30).__await__()
+
+        def cancel(self):
+            self.cancelled = True
+
+    class Handle:
+        def __init__(self, outcome):
+            self.outcome, self.responses = outcome, []
+
+        def remote(self, items):
+            self.responses.append(Response(self.outcome))
+            return self.responses[-1]
+
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=128))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: replica)  # serve.batch outside a replica
+    model = SlowEncoder()
+    model.info = dict(model.info, can_reason=True)
+    scfg = load_config(None, ["serve.reasoning_timeout_s=0.2", "serve.reasoning_max_inputs=2"]).serve
+
+    async def scenario(outcome):
+        engine = Engine(model, scfg, set(), reasoner=Handle(outcome))
+        with pytest.raises(ApiError) as e:
+            await engine.embed_with_reasoning([Item(None, "x")])
+        with pytest.raises(ApiError, match="at most 2 per request"):
+            await engine.embed_with_reasoning([Item(None, "x")] * 3)
+        return e.value, engine
+
+    full, _ = asyncio.run(scenario("full"))
+    assert (full.status, full.code, full.headers) == (503, "reasoning_busy", {"Retry-After": "1"})
+    slow, engine = asyncio.run(scenario("slow"))
+    assert (slow.status, slow.code) == (504, "reasoning_timeout")
+    assert engine.reasoner.responses[0].cancelled and engine.reasoning_inflight == 0
+    assert model.calls == []  # the embedding model process was never asked
