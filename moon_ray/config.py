@@ -198,6 +198,9 @@ class LMConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    arch: str = opt("moon", "Embedder architecture: moon (vision tower -> projector -> LM with LoRA -> fusion/residual/"
+                    "MoE heads) | dual (the fine-tuned dual-encoder baseline, moon_ray/models/dual.py: frozen "
+                    "MiniLM text tower + this vision tower, small trained heads into one space; no reasoning).")
     vision: VisionConfig = opt(VisionConfig(), "Vision tower.")
     lm: LMConfig = opt(LMConfig(), "Language model.")
     embed_dim: int = opt(256, "Embedding size D.")
@@ -213,8 +216,23 @@ class ModelConfig:
     moe_experts: int = opt(4, "MoE experts.")
     moe_top_k: int = opt(2, "Experts used per input.")
     moe_aux_weight: float = opt(0.01, "Weight of the MoE sparsity/entropy loss.")
+    dual_head_hidden: int = opt(512, "arch=dual: hidden width of the image and text heads (two-layer MLPs; "
+                                "0: a single linear map).")
+    dual_text_trainable_layers: int = opt(0, "arch=dual: fine-tune the top N of MiniLM's 6 layers (0: frozen).")
+    dual_image_trainable_blocks: int = opt(0, "arch=dual: fine-tune the top N of EfficientNet-Lite0's 16 blocks "
+                                           "and its head conv (0: frozen; batch norm keeps its statistics).")
 
     def validate(self) -> None:
+        if self.arch not in ("moon", "dual"):
+            raise ConfigError(f"model.arch: expected moon or dual, got {self.arch!r}")
+        if self.dual_head_hidden < 0 or self.dual_text_trainable_layers < 0 or self.dual_image_trainable_blocks < 0:
+            raise ConfigError("model.dual_head_hidden, dual_text_trainable_layers and dual_image_trainable_blocks "
+                              "must be >= 0")
+        if self.dual_image_trainable_blocks and self.vision.name != "efficientnet_lite0":
+            raise ConfigError("model.dual_image_trainable_blocks needs model.vision.name=efficientnet_lite0")
+        if self.arch == "dual" and self.vision.trainable:
+            raise ConfigError("model.arch=dual keeps its vision tower frozen (model.vision.trainable=false); fine-tune "
+                              "its top blocks with model.dual_image_trainable_blocks=N")
         if self.pooling not in ("mean", "last"):
             raise ConfigError(f"model.pooling: expected mean or last, got {self.pooling!r}")
         if not self.matryoshka or self.matryoshka[-1] != self.embed_dim or list(self.matryoshka) != sorted(self.matryoshka):
@@ -238,6 +256,9 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "Clip the gradient norm to this (0: off).")
     gradient_checkpointing: bool = opt(False, "Recompute the LM's layer activations in the backward pass: "
                                        "far less memory (joint training's GRPO pass), about a third more compute.")
+    precision: str = opt("auto", "Compute dtype of training: bf16 (frozen weights stored in bf16, trainable ones "
+                         "kept as fp32 master weights with fp32 AdamW state, fp32 loss), fp32, or auto: bf16 "
+                         "where bf16 matmuls are fast (a CPU with AMX, a bf16 GPU), else fp32.")
     release_memory: bool = opt(False, "Trainer workers hand freed tensor memory back to the OS at once (glibc "
                                "MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ = 1 MiB) instead of keeping a "
                                "fragmented heap: joint step peak RSS 7.2 -> 3.0 GB, ~30 % slower on CPU.")
@@ -261,6 +282,10 @@ class TrainConfig:
     select_metric: str = opt("text_unseen/nDCG@10", "Val metric (higher is better) that chooses the checkpoint "
                              "to export, a key of `moon-ray eval`'s metrics.")
     val_limit: int | None = opt(None, "Validate on at most N val products (None: the whole val split).")
+
+    def validate(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"train.precision: expected auto, bf16 or fp32, got {self.precision!r}")
 
 
 # -------------------------------------------------------------------------------------------- index
@@ -359,13 +384,36 @@ class ServeConfig:
     port: int = opt(8000, "HTTP port.")
     route_prefix: str = opt("/", "Route prefix of the application.")
     index_dir: str | None = opt(
-        None, "A saved catalog index (embeddings + metadata; `moon-ray serve --build-index DIR`); None: build one "
-        "from data.output_dir at start."
+        None, "A prebuilt catalog index directory (`moon-ray index`). None: the model's default place (beside an "
+        "export: <export>-index; a baseline: index-<name> beside data.output_dir); when none is there, the "
+        "catalog is embedded at replica start if serve.index_build_at_start."
     )
+    index_build_at_start: bool = opt(
+        True, "Fallback when no prebuilt index exists: embed data.output_dir's products at replica start "
+        "(minutes; false: refuse to start). An explicit serve.index_dir must exist."
+    )
+    index_actors: int = opt(2, "`moon-ray index`: encoder actors in the Ray Data actor pool.")
+    index_cpus_per_actor: float = opt(1.0, "`moon-ray index`: CPUs per encoder actor (torch uses max(1, int(cpus)) "
+                                      "threads).")
+    index_gpus_per_actor: float = opt(0.0, "`moon-ray index`: GPUs per encoder actor (fractions allowed).")
     index: str = opt("flat", "FAISS index kind for /v1/search: flat or hnsw.")
     index_split: str | None = opt(None, "Index only this split of the catalog (None: every product).")
     index_limit: int | None = opt(None, "Index at most this many products (None: all).")
-    api_key: str | None = opt(None, "Bearer token required on /v1/* (None: $MOON_RAY_API_KEY if set, else open).")
+    api_key: str | None = opt(
+        None, "Bearer token(s) required on /v1/*: one key, or several separated by commas, each optionally "
+        "named as name:key (None: $MOON_RAY_API_KEY if set)."
+    )
+    auth: str = opt(
+        "auto", "required: refuse to start without an API key; open: serve without one; auto: required unless "
+        "serve.host is a loopback address."
+    )
+    rate_limit_requests_per_s: float = opt(0.0, "Per API key and replica: requests per second (token bucket; "
+                                           "0: no limit). Over the limit: status 429 and a Retry-After header.")
+    rate_limit_request_burst: int = opt(0, "Requests a key may send at once above the rate (0: one second's worth).")
+    rate_limit_items_per_s: float = opt(0.0, "Per API key and replica: input items (embedded texts/images) per "
+                                        "second (token bucket; 0: no limit).")
+    rate_limit_item_burst: int = opt(0, "Items a key may send at once (0: the larger of one second's worth and "
+                                     "serve.max_inputs).")
     max_body_bytes: int = opt(8_000_000, "Requests with a larger body are refused (413).")
     max_inputs: int = opt(64, "Most inputs in one /v1/embeddings request.")
     max_image_pixels: int = opt(16_000_000, "Images with more pixels are refused (400).")
@@ -384,17 +432,37 @@ class ServeConfig:
     )
     access_log: bool = opt(True, "Log every request (replicas and proxy); off saves CPU at high request rates.")
     max_top_k: int = opt(100, "Largest k of a /v1/search request.")
-    index_batch_size: int = opt(32, "Products per encode call while building the catalog index at start.")
+    index_batch_size: int = opt(32, "Products per encode call when the catalog index is built (job or start).")
     reasoning_max_tokens: int = opt(48, "New tokens of a generated reasoning trace (reasoning=true).")
+    reasoning: bool = opt(True, "Serve reasoning=true requests (exported models) from their own deployment, "
+                          "MoonReasoner; false: answer them 400.")
+    reasoning_replicas: int = opt(1, "Replicas of the reasoning deployment.")
+    reasoning_cpus_per_replica: float = opt(1.0, "CPUs per reasoning replica (torch uses max(1, int(cpus)) threads).")
+    reasoning_gpus_per_replica: float = opt(0.0, "GPUs per reasoning replica.")
+    reasoning_max_inputs: int = opt(8, "Most inputs in one reasoning=true request (each is a generation).")
+    reasoning_batch_size: int = opt(8, "Most generations in one model call; waiting inputs of several requests "
+                                    "are batched together.")
+    reasoning_batch_wait_s: float = opt(0.02, "Wait this long for more inputs before a generation batch starts "
+                                        "on an idle reasoner.")
+    reasoning_max_ongoing: int = opt(8, "Reasoning requests a reasoning replica takes at once (its concurrency cap).")
+    reasoning_max_queued: int = opt(16, "Reasoning requests waiting for a reasoning replica, per caller; beyond "
+                                    "that: 503 with Retry-After.")
+    reasoning_timeout_s: float = opt(120.0, "A reasoning request not answered in this time gets 504.")
+    reasoning_nice: int = opt(5, "Niceness added to the reasoning model process, so that on shared cores "
+                              "embedding requests win the CPU (0: same priority).")
 
     def validate(self) -> None:
         if self.index not in ("flat", "hnsw"):
             raise ConfigError(f"serve.index: expected flat or hnsw, got {self.index!r}")
+        if self.auth not in ("auto", "required", "open"):
+            raise ConfigError(f"serve.auth: expected auto, required or open, got {self.auth!r}")
+        self._validate_limits()
         if self.index_limit is not None and self.index_limit < 0:
             raise ConfigError("serve.index_limit must be >= 0 (0: no catalog index, /v1/search off)")
         positive = ("port", "max_body_bytes", "max_inputs", "max_image_pixels", "max_text_chars", "max_batch_size",
                     "num_replicas", "min_replicas", "max_replicas", "max_ongoing_requests", "max_top_k",
-                    "index_batch_size", "reasoning_max_tokens")
+                    "index_batch_size", "reasoning_max_tokens", "index_actors", "reasoning_replicas",
+                    "reasoning_max_inputs", "reasoning_batch_size", "reasoning_max_ongoing", "reasoning_max_queued")
         bad = [name for name in positive if getattr(self, name) < 1]
         if bad:
             raise ConfigError(f"serve.{bad[0]} must be >= 1")
@@ -404,6 +472,23 @@ class ServeConfig:
             raise ConfigError("serve: cpus_per_replica must be > 0, gpus_per_replica and batch_wait_timeout_s >= 0")
         if not self.route_prefix.startswith("/"):
             raise ConfigError(f"serve.route_prefix must start with '/', got {self.route_prefix!r}")
+
+    def _validate_limits(self) -> None:
+        """Rates >= 0 (0: off), bursts >= 0, and an item burst that admits a request of serve.max_inputs."""
+        rates = ("rate_limit_requests_per_s", "rate_limit_items_per_s", "rate_limit_request_burst",
+                 "rate_limit_item_burst", "index_gpus_per_actor", "reasoning_gpus_per_replica",
+                 "reasoning_batch_wait_s")
+        bad = [name for name in rates if getattr(self, name) < 0]
+        if bad:
+            raise ConfigError(f"serve.{bad[0]} must be >= 0")
+        if self.index_cpus_per_actor <= 0 or self.reasoning_cpus_per_replica <= 0 or self.reasoning_timeout_s <= 0:
+            raise ConfigError("serve: index_cpus_per_actor, reasoning_cpus_per_replica and reasoning_timeout_s "
+                              "must be > 0")
+        if self.rate_limit_items_per_s and 0 < self.rate_limit_item_burst < self.max_inputs:
+            raise ConfigError(f"serve.rate_limit_item_burst={self.rate_limit_item_burst} is below serve.max_inputs="
+                              f"{self.max_inputs}: a request of max_inputs items could never pass")
+        if not 0 <= self.reasoning_nice <= 19:
+            raise ConfigError("serve.reasoning_nice must be between 0 and 19")
 
 
 # --------------------------------------------------------------------------------------------- root
@@ -418,6 +503,11 @@ class Config:
     train: TrainConfig = opt(TrainConfig(), "Contrastive training on Ray Train.")
     serve: ServeConfig = opt(ServeConfig(), "The Ray Serve deployment.")
     rollout: RolloutConfig = opt(RolloutConfig(), "Reasoning rollouts and GRPO (joint training).")
+
+    def validate(self) -> None:
+        if self.model.arch == "dual" and self.rollout.enabled:
+            raise ConfigError("model.arch=dual has no language model to generate reasoning traces: "
+                              "set rollout.enabled=false")
 
 
 # ------------------------------------------------------------------------------------------ loading

@@ -24,7 +24,7 @@ COMMON = [
     "train.resume=false", "train.num_workers=2", "train.cpus_per_worker=0.75", "rollout.enabled=true",
     "rollout.engine=vllm", "rollout.num_workers=1", "rollout.cpus_per_worker=0.5", "rollout.group_size=2",
     "eval.num_actors=2", "eval.cpus_per_actor=0.5", "serve.index_split=test", "serve.cpus_per_replica=0.5",
-    "serve.port=8321", "ray.progress=false",
+    "serve.port=8321", "ray.progress=false", "serve.reasoning=false", "train.val_limit=100",
 ]
 FULL = ["train.steps=12", "train.batch_size=4", "train.log_every=2", "train.checkpoint_every=12",
         "rollout.max_tokens=16", "eval.limit=300", "serve.index_limit=300"]

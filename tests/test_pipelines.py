@@ -60,3 +60,14 @@ def test_ablation_pipeline_end_to_end(ray_local, real_slice, tmp_path):
     assert all(v is True for v in summary["arms"]["full"]["overlaps_reference"].values())
     table = (out / "compare" / "compare.md").read_text()
     assert "| metric | full | no_moe |" in table and any(mark in table for mark in "≈▲▼")
+
+
+def test_quality_arms_share_the_test_split_and_chain_joint_from_moon(tmp_path):
+    quality = load("quality")
+    args = quality.build_parser().parse_args(["--out", str(tmp_path), "--joint-steps", "4", "eval.limit=50"])
+    frozen, moon, joint = (quality.arm_config(a, args) for a in ("frozen", "moon", "moon_joint"))
+    assert frozen.eval.model == "frozen" and all(c.eval.split == "test" and c.eval.limit == 50
+                                                 for c in (frozen, moon, joint))
+    assert moon.train.eval_every > 0 and moon.model.arch == "moon"
+    assert joint.rollout.enabled and joint.train.init_from == str(tmp_path / "moon" / "export")
+    assert joint.train.steps == 4 and quality.arm_config("dual", args).model.arch == "dual"

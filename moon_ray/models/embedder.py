@@ -28,6 +28,8 @@ from moon_ray.config import ModelConfig
 from moon_ray.models.fusion import ModalityFusion
 from moon_ray.models.language import causal_lm, decoder, decoder_layers, first_layers, load_language_model
 from moon_ray.models.moe import MODALITIES, ModalityMoE
+from moon_ray.models.packing import plan_packing
+from moon_ray.models.precision import compute_weights, store_frozen
 from moon_ray.models.projector import Projector
 from moon_ray.models.residual import ResidualEnhancer
 from moon_ray.models.vision import build_tower, pool_patches
@@ -47,7 +49,8 @@ class MoonEmbedder(nn.Module):
         torch.manual_seed(seed)  # random parts (tiny tower, heads) are rebuilt identically from the seed
         self.tower = build_tower(cfg.vision)
         if not cfg.vision.trainable:
-            self.tower.requires_grad_(False)
+            self.tower.freeze()
+        self.compute_dtype = torch.float32
         self.lm, self.tokenizer = load_language_model(cfg.lm, seed=seed)
         hidden = self.lm.config.hidden_size
         torch.manual_seed(seed)
@@ -64,6 +67,25 @@ class MoonEmbedder(nn.Module):
             self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, cfg.embed_dim))
         self.visual_skip = VisualSkip(self.tower.feature_dim, cfg.embed_dim) if cfg.visual_skip else None
 
+    # ---------------------------------------------------------------------------------- precision
+    def set_precision(self, dtype: torch.dtype) -> MoonEmbedder:
+        """Compute in `dtype` (moon_ray/models/precision.py): frozen weights are stored in it, trainable
+        ones stay fp32 master weights and are cast per step by `compute_weights`. A trainable tower
+        keeps fp32 throughout (its batch norm statistics and updates want it); its features are cast."""
+        self.compute_dtype = dtype
+        store_frozen(self.lm, dtype)
+        # CPU SDPA's bf16 kernel is slower than its fp32 one on these short rows (measured 3.5x
+        # slower than eager's matmul + fp32 softmax), so bf16 takes the eager path; fp32 keeps SDPA.
+        if dtype == torch.bfloat16 and self.device.type == "cpu":
+            causal_lm(self.lm).set_attn_implementation("eager")
+        if not self.cfg.vision.trainable:
+            self.tower.freeze(dtype)
+        return self
+
+    def compute_weights(self):
+        """Context: trainable weights as `compute_dtype` copies (a no-op in fp32, or when nested)."""
+        return compute_weights(self, self.compute_dtype, keep=self.tower if self.cfg.vision.trainable else None)
+
     # ------------------------------------------------------------------------------------ inputs
     @property
     def device(self) -> torch.device:
@@ -75,17 +97,21 @@ class MoonEmbedder(nn.Module):
 
     def visual_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> projected visual tokens (B, 1 + g², H)."""
-        return self.projector(self.visual_features(pixels))
+        with self.compute_weights():
+            return self.projector(self.visual_features(pixels))
 
     def visual_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> pooled tower features (B, 1 + g², C): the global token first, then the grid."""
+        """(B, 3, S, S) -> pooled tower features (B, 1 + g², C) in the compute dtype: the global token
+        first, then the grid. With a frozen tower they carry no graph, so one call may feed several
+        forward passes (`forward(features=...)`)."""
+        x = self.tower.input_format(pixels)
         if self.cfg.vision.trainable:
-            grid = self.tower(pixels)
+            grid = self.tower(x)
         else:
             self.tower.eval()
             with torch.no_grad():
-                grid = self.tower(pixels)
-        return pool_patches(grid, self.cfg.vision.pool_grid)
+                grid = self.tower(x)
+        return pool_patches(grid, self.cfg.vision.pool_grid).to(self.compute_dtype)
 
     def text_tokens(self, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (B, L, H) and mask (B, L) of texts (no special tokens)."""
@@ -101,11 +127,18 @@ class MoonEmbedder(nn.Module):
     # ----------------------------------------------------------------------------------- forward
     def forward(self, pixels: torch.Tensor | None = None, texts: list[str] | None = None,
                 reasoning: list[str] | None = None, modality: str = "multimodal",
-                is_query: bool = False) -> EmbedOutput:
+                is_query: bool = False, features: torch.Tensor | None = None) -> EmbedOutput:
+        """Embeds one batch; `features` (from `visual_features`) stands in for `pixels` when several
+        passes share one image batch. Embeddings come back fp32 whatever the compute dtype."""
+        with self.compute_weights():
+            return self._embed(pixels, texts, reasoning, modality, is_query, features)
+
+    def _embed(self, pixels, texts, reasoning, modality, is_query, feats) -> EmbedOutput:
         segments: list[tuple[torch.Tensor, torch.Tensor]] = []
-        vis = feats = None
-        if pixels is not None:
+        vis = None
+        if feats is None and pixels is not None:
             feats = self.visual_features(pixels)
+        if feats is not None:
             vis = self.projector(feats)
             segments.append((vis, torch.ones(vis.shape[:2], dtype=torch.long, device=vis.device)))
         if texts is not None:
@@ -127,22 +160,35 @@ class MoonEmbedder(nn.Module):
         if isinstance(self.head, ModalityMoE):
             y, aux, _ = self.head(pooled, MODALITIES[modality])
         else:
-            y, aux = self.head(pooled), pooled.new_zeros(())
+            y, aux = self.head(pooled), pooled.new_zeros((), dtype=torch.float32)
+        y = y.float()  # InfoNCE logits and normalisation in fp32
         if self.visual_skip is not None and feats is not None:
-            y = y + self.visual_skip(feats[:, 0])
+            y = y + self.visual_skip(feats[:, 0]).float()
         return EmbedOutput(embedding=F.normalize(y, dim=-1), raw=y, aux_loss=aux)
 
     def _decode(self, embeds: torch.Tensor, mask: torch.Tensor, vis: torch.Tensor | None) -> torch.Tensor:
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        """Hidden states (B, L, H) of the (first `embed_layers`) decoder layers. Inputs with much
+        padding run packed (moon_ray/models/packing.py): the same per-token results, fewer positions."""
+        plan = plan_packing(mask)
+        slots = None
+        if plan is None:
+            x, attn, positions = embeds, mask, (mask.cumsum(1) - 1).clamp(min=0)
+        else:
+            x, attn, positions = plan.pack(embeds), None, plan.positions
+            if vis is not None:
+                b, p = vis.shape[:2]
+                padded = (torch.arange(b, device=x.device)[:, None] * mask.shape[1] + torch.arange(p, device=x.device))
+                slots = plan.slots(padded.flatten())
         if self.residual is not None:
-            self.residual.set_patches(vis)
+            self.residual.set_patches(vis, slots)
         try:
             with first_layers(self.lm, self.cfg.lm.embed_layers):
-                out = decoder(self.lm)(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+                out = decoder(self.lm)(inputs_embeds=x, attention_mask=attn, position_ids=positions, use_cache=False)
         finally:
             if self.residual is not None:
                 self.residual.set_patches(None)
-        return out.last_hidden_state
+        hidden = out.last_hidden_state
+        return hidden if plan is None else plan.unpack(hidden)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute LM layer activations in backward (non-reentrant: inputs_embeds, PEFT and DDP work).

@@ -1,11 +1,12 @@
 """Exported model directories, and the `Encoder` that serves them.
 
-    <export>/trainable.safetensors  LoRA + projector + fusion + residual + MoE head (+ temperature)
+    <export>/trainable.safetensors  LoRA + projector + fusion + residual + MoE head (+ temperature);
+                                    model.arch=dual: the two heads and the mix gate
     <export>/adapter/               the PEFT LoRA adapter of the LM (PeftModel.from_pretrained loads it
-                                    on the base LM named in MOON_MODEL)
-    <export>/tokenizer/             the tokenizer
-    <export>/config.yaml            the run config (model section rebuilds the embedder)
-    <export>/MOON_MODEL             marker with the base LM path
+                                    on the base LM named in MOON_MODEL); none for model.arch=dual
+    <export>/tokenizer/             the tokenizer (arch=dual: MiniLM's)
+    <export>/config.yaml            the run config (model section rebuilds the embedder, model.arch picks it)
+    <export>/MOON_MODEL             marker with the architecture and the base LM path (arch=dual: MiniLM's)
 
 `get_encoder("<export>")` returns a `MoonEncoder` over it.
 """
@@ -27,9 +28,6 @@ MARKER = "MOON_MODEL"
 
 def export_model(checkpoint: Path, out: Path) -> Path:
     """Copy a checkpoint's model parts into a self-describing export directory."""
-    from moon_ray.models.language import load_tokenizer
-    from moon_ray.models.weights import smollm2_dir
-
     cfg = load_config(checkpoint / "config.yaml")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -38,20 +36,35 @@ def export_model(checkpoint: Path, out: Path) -> Path:
     shutil.copy2(checkpoint / "config.yaml", tmp / "config.yaml")
     if (checkpoint / "adapter").exists():
         shutil.copytree(checkpoint / "adapter", tmp / "adapter")
-    load_tokenizer(cfg.model.lm).save_pretrained(str(tmp / "tokenizer"))
-    base = cfg.model.lm.path or (None if cfg.model.lm.tiny else str(smollm2_dir()))
+    tokenizer, base = _tokenizer_and_base(cfg)
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))
     state = json.loads((checkpoint / "moon_state.json").read_text())
-    (tmp / MARKER).write_text(json.dumps({"base_model": base, "step": state["step"], "embed_layers": cfg.model.lm.embed_layers}))
+    (tmp / MARKER).write_text(json.dumps({"arch": cfg.model.arch, "base_model": base, "step": state["step"],
+                                          "embed_layers": cfg.model.lm.embed_layers}))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
 
 
+def _tokenizer_and_base(cfg: Config):
+    """(the tokenizer the export ships, the path of its base text model: SmolLM2 / lm.path, or MiniLM)."""
+    if cfg.model.arch == "dual":
+        from moon_ray.models.dual import load_text_tokenizer
+        from moon_ray.models.weights import minilm_dir
+
+        return load_text_tokenizer(), str(minilm_dir())
+    from moon_ray.models.language import load_tokenizer
+    from moon_ray.models.weights import smollm2_dir
+
+    return load_tokenizer(cfg.model.lm), cfg.model.lm.path or (None if cfg.model.lm.tiny else str(smollm2_dir()))
+
+
 def load_exported(path: Path, device: str = "cpu"):
-    """(MoonEmbedder in eval mode with the exported weights, Config)."""
+    """(the embedder model.arch names — MoonEmbedder or DualEncoder — in eval mode with the exported
+    weights, Config)."""
     import torch
 
-    from moon_ray.models.embedder import MoonEmbedder
+    from moon_ray.models.factory import build_embedder
     from moon_ray.models.temperature import Temperature
     from moon_ray.models.trainable import load_trainable
 
@@ -59,7 +72,7 @@ def load_exported(path: Path, device: str = "cpu"):
     if not (path / MARKER).exists():
         raise FileNotFoundError(f"{path} is not an exported moon-ray model (no {MARKER})")
     cfg: Config = load_config(path / "config.yaml")
-    model = MoonEmbedder(cfg.model, seed=cfg.train.seed)
+    model = build_embedder(cfg)
     temperature = Temperature(cfg.train.temperature, cfg.train.learn_temperature)
     load_trainable(path, model, temperature)
     return model.to(torch.device(device)).eval(), cfg
@@ -77,6 +90,8 @@ class MoonEncoder(Encoder):
         self.dim = self.cfg.model.embed_dim
         self.batch_size = batch_size
         self.reasoning = self.cfg.rollout.enabled if reasoning is None else reasoning
+        if self.reasoning and not getattr(self.model, "can_reason", True):
+            raise ValueError(f"{path}: a model.arch={self.cfg.model.arch} export cannot embed with reasoning traces")
 
     @classmethod
     def over(cls, model, cfg: Config, name: str = "live", batch_size: int = 32, reasoning: bool = False) -> MoonEncoder:

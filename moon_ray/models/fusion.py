@@ -35,9 +35,9 @@ class ModalityFusion(nn.Module):
         b, n, d = raw.shape
         q = self.q(self.norm_q(pooled)).view(b, self.heads, self.head_dim) + self.head_queries
         k, v = self.kv(self.norm_kv(raw)).view(b, n, 2, self.heads, self.head_dim).unbind(2)
-        scores = torch.einsum("bhd,bnhd->bhn", q, k) / self.head_dim**0.5
+        scores = torch.einsum("bhd,bnhd->bhn", q, k).float() / self.head_dim**0.5  # softmax in fp32 (tiny)
         scores = scores.masked_fill(~mask.bool().unsqueeze(1), torch.finfo(scores.dtype).min)
-        read = torch.einsum("bhn,bnhd->bhd", scores.softmax(-1), v)  # (B, heads, head_dim)
+        read = torch.einsum("bhn,bnhd->bhd", scores.softmax(-1).to(v.dtype), v)  # (B, heads, head_dim)
         gates = torch.sigmoid(self.gate(torch.cat([q, read], dim=-1))).squeeze(-1)  # (B, heads)
         fused = pooled + self.out((gates.unsqueeze(-1) * read).reshape(b, d))
         return fused, gates

@@ -9,8 +9,10 @@ LM head.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from moon_ray.config import LMConfig
@@ -72,11 +74,33 @@ def first_layers(model: nn.Module, n: int | None):
 
 
 def add_lora(model: nn.Module, cfg: LMConfig) -> nn.Module:
+    """PEFT LoRA on `cfg.lora.targets`, with `cfg.lora.dropout` applied in the adapter's rank-r
+    bottleneck (`B · drop(A · x)`) rather than on its input (`B · A · drop(x)`, PEFT's placement).
+
+    Why: PEFT draws a fresh mask over every adapter's full input: 7 adapters a layer, each as wide
+    as the layer's input (576, or 1536 for down_proj), so the Bernoulli draws and mask products cost
+    18 % of a training step (more than some of the matmuls they perturb: a dropout over 1536 wide
+    rows took longer than the 576×1536 projection itself). In the bottleneck the mask is r wide,
+    ~40-100× fewer draws, and it still regularises exactly the adapter (it only ever perturbs the
+    LoRA update, never the frozen base path). Parameter names are unchanged, so adapters save,
+    load and sync as before.
+    """
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
                       target_modules=list(cfg.lora.targets), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    if cfg.lora.dropout > 0:
+        for module in model.modules():
+            if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
+                for adapter in module.lora_A:
+                    module.lora_A[adapter].register_forward_hook(functools.partial(_bottleneck_dropout, cfg.lora.dropout))
+    return model
+
+
+def _bottleneck_dropout(p: float, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook on a LoRA `A` projection: dropout on its r-wide output while training."""
+    return F.dropout(output, p, module.training)
 
 
 def causal_lm(model: nn.Module) -> nn.Module:

@@ -30,13 +30,13 @@ class ModalityMoE(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, modality: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self.router(x) + self.objective[modality]
+        logits = self.router(x).float() + self.objective[modality].float()  # routing in fp32 (B × E)
         probs = logits.softmax(-1)
         top = probs.topk(self.top_k, dim=-1)
         weights = torch.zeros_like(probs).scatter(-1, top.indices, top.values)
         weights = weights / weights.sum(-1, keepdim=True)
-        outs = torch.stack([e(x) for e in self.experts], dim=1)  # (B, E, D)
-        y = (weights.unsqueeze(-1) * outs).sum(1)
+        outs = torch.stack([e(x) for e in self.experts], dim=1)  # (B, E, D), compute dtype
+        y = (weights.unsqueeze(-1) * outs.float()).sum(1)  # fp32 out
         return y, routing_aux_loss(probs), probs
 
 

@@ -21,6 +21,7 @@ class ResidualEnhancer(nn.Module):
         self.maps = nn.ModuleList(nn.Linear(dim, dim) for _ in self.layer_ids)
         self.gates = nn.Parameter(torch.zeros(len(self.layer_ids)))
         self._patches: torch.Tensor | None = None
+        self._slots: torch.Tensor | None = None
         self._handles: list = []
 
     def attach(self, layers: nn.ModuleList) -> None:
@@ -33,18 +34,25 @@ class ResidualEnhancer(nn.Module):
             h.remove()
         self._handles = []
 
-    def set_patches(self, patches: torch.Tensor | None) -> None:
-        """(B, P, H) projected patch features occupying positions [0, P) of the sequence, or None."""
-        self._patches = patches
+    def set_patches(self, patches: torch.Tensor | None, slots: torch.Tensor | None = None) -> None:
+        """(B, P, H) projected patch features, or None. `slots` (B·P,) are the flat positions
+        (row · length + t) of their tokens in the hidden states the layers see (a packed batch puts
+        them anywhere); None: positions [0, P) of each row."""
+        self._patches, self._slots = patches, slots
 
     def _hook(self, slot: int):
         def hook(module, args, output):
             if self._patches is None:
                 return output
             hidden = output[0] if isinstance(output, tuple) else output
-            p = self._patches.shape[1]
+            b, p, h = self._patches.shape
+            slots = self._slots
+            if slots is None:
+                slots = (torch.arange(b, device=hidden.device)[:, None] * hidden.shape[1]
+                         + torch.arange(p, device=hidden.device)).flatten()
             add = torch.tanh(self.gates[slot]) * self.maps[slot](self._patches)
-            hidden = torch.cat([hidden[:, :p] + add, hidden[:, p:]], dim=1)
+            flat = hidden.reshape(-1, h).index_add(0, slots, add.reshape(-1, h).to(hidden.dtype))
+            hidden = flat.view_as(hidden)
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
         return hook

@@ -71,6 +71,9 @@ def _resolve_init_from(cfg: Config) -> Config:
 def run_train(cfg: Config) -> dict:
     """Train, checkpoint, export; returns a summary (also written to train.output_dir/summary.json)."""
     cfg = _resolve_init_from(cfg)
+    # the workers do not run in this directory: pin the paths they read and write (validation reads the
+    # val split, rank 0 writes best/ and TensorBoard events)
+    cfg = with_absolute_paths(cfg, ["data.output_dir", "train.output_dir"])
     init_ray(cfg.ray)
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

@@ -90,6 +90,9 @@ def training_forward(model: nn.Module, temperature: Temperature, batch: TrainBat
     across ranks, returns (losses, metrics)."""
     t, dims = cfg.train, cfg.model.matryoshka
     pixels, views = model.pixels(batch.images), model.pixels(batch.views)
+    # the augmented views feed the image and the image+text queries: run the tower over them once
+    needs_views = t.image_weight > 0 or t.align_weight > 0 or t.multimodal_weight > 0
+    view_feats = model.visual_features(views) if needs_views else None
     prod = model(pixels=pixels, texts=batch.titles, reasoning=reasoning, modality="multimodal")
     cand = gather_with_grad(prod.raw)
     c_ids = gather_no_grad(batch.attr_ids.to(cand.device))
@@ -109,13 +112,13 @@ def training_forward(model: nn.Module, temperature: Temperature, batch: TrainBat
         aux.append(q.aux_loss)
     img_q = None
     if t.image_weight > 0 or t.align_weight > 0:
-        img_q = model(pixels=views, modality="image", is_query=True)
+        img_q = model(features=view_feats, modality="image", is_query=True)
         aux.append(img_q.aux_loss)
     if t.image_weight > 0:
         losses["image_loss"] = t.image_weight * matryoshka_info_nce(img_q.raw, cand, dims, positives=own, **common)
         metrics["image_acc"] = _top1(img_q.embedding, cand, own)
     if t.multimodal_weight > 0:
-        mm = model(pixels=views, texts=batch.phrases, modality="multimodal", is_query=True)
+        mm = model(features=view_feats, texts=batch.phrases, modality="multimodal", is_query=True)
         losses["multimodal_loss"] = t.multimodal_weight * matryoshka_info_nce(mm.raw, cand, dims, positives=own, **common)
         metrics["multimodal_acc"] = _top1(mm.embedding, cand, own)
         aux.append(mm.aux_loss)

@@ -40,12 +40,17 @@ def lr_lambda(warmup: int, total: int, floor: float = 0.1):
 
 
 def build_training(cfg: Config, device: torch.device):
-    """(model, temperature, optimizer, scheduler) on `device`, not yet DDP-wrapped."""
-    from moon_ray.models.embedder import MoonEmbedder
+    """(model, temperature, optimizer, scheduler) on `device`, not yet DDP-wrapped.
+
+    `train.precision` picks the compute dtype (moon_ray/models/precision.py): in bf16 the frozen
+    weights are stored in bf16 while the trainable ones, and so AdamW and its state, stay fp32."""
+    from moon_ray.models.factory import build_embedder
+    from moon_ray.models.precision import compute_dtype
 
     torch.manual_seed(cfg.train.seed)
     # .train(): from_pretrained leaves the LM's layers in eval mode, which also turns checkpointing off.
-    model = MoonEmbedder(cfg.model, seed=cfg.train.seed).to(device).train()
+    model = build_embedder(cfg).to(device).train()  # model.arch: moon or the dual-encoder baseline
+    model.set_precision(compute_dtype(cfg.train.precision, device))
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     temperature = Temperature(cfg.train.temperature, cfg.train.learn_temperature).to(device)
@@ -59,17 +64,21 @@ def train_step(step_module, optimizer, scheduler, batch, cfg: Config, *extra, ti
     """One optimizer step; `step_module` is a (possibly DDP-wrapped) Training/JointTrainingModule.
 
     Phases: reward (the module's `prepare`: joint training scores its rollouts, no grad) -> update
-    (forward, backward, optimizer step); their seconds come back as time_reward / time_update."""
+    (forward, backward, optimizer step); their seconds come back as time_reward / time_update.
+    Forward and backward run inside the model's `compute_weights` block: in bf16 the trainable
+    weights are cast once for the step (not per embedding pass), and recomputed activations see
+    the same copies; the optimizer then steps the fp32 weights."""
     timer = timer or PhaseTimer()
     inner = unwrap(step_module)
     if extra:
-        with timer("reward"):
+        with timer("reward"), inner.model.compute_weights():
             extra = inner.prepare(batch, *extra)
     with timer("update"):
-        losses, metrics = step_module(batch, *extra)
-        total = sum(v for k, v in losses.items() if k.endswith("_loss"))
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        with inner.model.compute_weights():
+            losses, metrics = step_module(batch, *extra)
+            total = sum(v for k, v in losses.items() if k.endswith("_loss"))
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
         if cfg.train.grad_clip > 0:
             params = [p for g in optimizer.param_groups for p in g["params"]]
             metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
