@@ -116,7 +116,7 @@ def cmd_config(args) -> int:
 def config_yaml(cfg: Config, command: list[str]) -> str:
     """`cfg` as commented YAML whose first line is the command that writes it (it regenerates the file)."""
     return to_yaml(cfg, header=[
-        f"{shlex.join(command)}  (generated from moon_ray/config.py; do not edit by hand)",
+        f"{shlex.join(command)}  (generated from moon_ray/config/; do not edit by hand)",
         "Every field with its default and help (one line each: moon-ray config --describe). Run a pipeline",
         f"with it: moon-ray preprocess --config {DEFAULT_YAML} [key.sub=value ...]",
     ])

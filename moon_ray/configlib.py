@@ -2,7 +2,7 @@
 with key and type checks, dotted overrides, conversion back to dicts, overrides and commented YAML,
 and pinning a config's relative paths.
 
-The project's sections and root `Config` live in `moon_ray/config.py`, which re-exports these names.
+The project's sections and root `Config` live in `moon_ray/config/`, which re-exports these names.
 """
 
 from __future__ import annotations

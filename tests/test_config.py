@@ -89,7 +89,7 @@ def test_frozen_and_every_field_has_help():
 def test_committed_default_yaml_is_current():
     """pipelines/configs/default.yaml is what `moon-ray config --write` writes now; else regenerate it."""
     committed = (ROOT / DEFAULT_YAML).read_text()
-    assert committed.splitlines()[0] == "# moon-ray config --write  (generated from moon_ray/config.py; do not " \
+    assert committed.splitlines()[0] == "# moon-ray config --write  (generated from moon_ray/config/; do not " \
                                         "edit by hand)"
     assert committed == config_yaml(Config(), ["moon-ray", "config", "--write"]), \
         "pipelines/configs/default.yaml is stale: run `moon-ray config --write`"
@@ -126,7 +126,7 @@ def test_write_and_load_back_a_changed_config(tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
     command, _, note = out.read_text().splitlines()[0].removeprefix("# ").partition("  (")
     assert shlex.split(command) == ["moon-ray", "config", *overrides, "--write", str(out)]
-    assert note.startswith("generated from moon_ray/config.py")
+    assert note.startswith("generated from moon_ray/config/")
     assert load_config(None, overrides).model.lm.query_prefix == "q: "
     assert load_config(out) == load_config(None, overrides)
     assert load_config(None, to_overrides(load_config(out))) == load_config(None, overrides)
