@@ -47,51 +47,36 @@ class KaglTask:
     field: str  # product column of the query text
     docs: str  # "image" or "image+text"
     metrics: tuple[str, ...]
+    published: tuple[tuple[float, ...], ...]  # per PUBLISHED_MODELS, one number per metric
 
 
-TASKS = (
-    KaglTask("text-to-image", "title", "image", ("R@1", "R@10", "MRR")),
-    KaglTask("category-to-product", "master_category", "image+text", ("P@1", "P@10", "MRR")),
-    KaglTask("sub-category-to-product", "sub_category", "image+text", ("P@1", "P@10", "MRR")),
-    KaglTask("fine-category-to-product", "article_type", "image+text", ("P@1", "P@10", "MRR")),
-    KaglTask("color-to-product", "colour", "image+text", ("P@1", "P@10", "MRR")),
-    KaglTask("season-to-product", "season", "image+text", ("P@1", "P@10", "MRR")),
-    KaglTask("usage-to-product", "usage", "image+text", ("P@1", "P@10", "MRR")),
+# Marqo's published KAGL numbers (the `published` column): marqo-ai/marqo-FashionCLIP LEADERBOARD.md
+# (updated 2024-08-09), section "KAGL"; corpus = the Marqo/KAGL dataset (Hugging Face), split "data".
+PUBLISHED_SOURCE = "marqo-ai/marqo-FashionCLIP LEADERBOARD.md (2024-08-09), KAGL section"
+PUBLISHED_CORPUS = 44_434
+PUBLISHED_MODELS = ("Marqo-FashionSigLIP", "Marqo-FashionCLIP")
+RETRIEVAL, LABEL = ("R@1", "R@10", "MRR"), ("P@1", "P@10", "MRR")
+TASKS = (  # name, field, documents, metrics, published (FashionSigLIP, FashionCLIP)
+    KaglTask("text-to-image", "title", "image", RETRIEVAL, ((0.179, 0.489, 0.293), (0.159, 0.446, 0.265))),
+    KaglTask("category-to-product", "master_category", "image+text", LABEL,
+             ((0.571, 0.686, 0.643), (0.714, 0.571, 0.714))),
+    KaglTask("sub-category-to-product", "sub_category", "image+text", LABEL,
+             ((0.711, 0.687, 0.756), (0.667, 0.613, 0.691))),
+    KaglTask("fine-category-to-product", "article_type", "image+text", LABEL,
+             ((0.704, 0.629, 0.763), (0.725, 0.613, 0.772))),
+    KaglTask("color-to-product", "colour", "image+text", LABEL, ((0.587, 0.502, 0.664), (0.500, 0.496, 0.614))),
+    KaglTask("season-to-product", "season", "image+text", LABEL, ((0.500, 0.350, 0.500), (0.250, 0.425, 0.542))),
+    KaglTask("usage-to-product", "usage", "image+text", LABEL, ((0.375, 0.400, 0.438), (0.250, 0.263, 0.354))),
 )
+PUBLISHED: dict[str, dict[str, float]] = {
+    model: {f"{t.name}/{m}": t.published[j][i] for t in TASKS for i, m in enumerate(t.metrics)}
+    for j, model in enumerate(PUBLISHED_MODELS)
+}
 DOC_WEIGHTS = (0.9, 0.1)  # image, title (configs/KAGL.json "doc_weights")
 MAX_QUERIES = 2000
 DEPTH = 10  # Marqo retrieves max(Ks) = 10 documents per query; MRR only sees those
 METRIC_FNS = {"R@1": (M.recall_at_k, 1), "R@10": (M.recall_at_k, 10), "P@1": (M.precision_at_k, 1),
               "P@10": (M.precision_at_k, 10), "MRR": (M.mrr_at_k, DEPTH)}
-
-# Marqo's published KAGL numbers: marqo-ai/marqo-FashionCLIP LEADERBOARD.md (updated 2024-08-09),
-# section "KAGL"; corpus = the Marqo/KAGL dataset (Hugging Face), split "data", 44,434 products.
-PUBLISHED_SOURCE = "marqo-ai/marqo-FashionCLIP LEADERBOARD.md (2024-08-09), KAGL section"
-PUBLISHED_CORPUS = 44_434
-PUBLISHED: dict[str, dict[str, float]] = {
-    "Marqo-FashionSigLIP": {
-        "text-to-image/R@1": 0.179, "text-to-image/R@10": 0.489, "text-to-image/MRR": 0.293,
-        "category-to-product/P@1": 0.571, "category-to-product/P@10": 0.686, "category-to-product/MRR": 0.643,
-        "sub-category-to-product/P@1": 0.711, "sub-category-to-product/P@10": 0.687,
-        "sub-category-to-product/MRR": 0.756,
-        "fine-category-to-product/P@1": 0.704, "fine-category-to-product/P@10": 0.629,
-        "fine-category-to-product/MRR": 0.763,
-        "color-to-product/P@1": 0.587, "color-to-product/P@10": 0.502, "color-to-product/MRR": 0.664,
-        "season-to-product/P@1": 0.500, "season-to-product/P@10": 0.350, "season-to-product/MRR": 0.500,
-        "usage-to-product/P@1": 0.375, "usage-to-product/P@10": 0.400, "usage-to-product/MRR": 0.438,
-    },
-    "Marqo-FashionCLIP": {
-        "text-to-image/R@1": 0.159, "text-to-image/R@10": 0.446, "text-to-image/MRR": 0.265,
-        "category-to-product/P@1": 0.714, "category-to-product/P@10": 0.571, "category-to-product/MRR": 0.714,
-        "sub-category-to-product/P@1": 0.667, "sub-category-to-product/P@10": 0.613,
-        "sub-category-to-product/MRR": 0.691,
-        "fine-category-to-product/P@1": 0.725, "fine-category-to-product/P@10": 0.613,
-        "fine-category-to-product/MRR": 0.772,
-        "color-to-product/P@1": 0.500, "color-to-product/P@10": 0.496, "color-to-product/MRR": 0.614,
-        "season-to-product/P@1": 0.250, "season-to-product/P@10": 0.425, "season-to-product/MRR": 0.542,
-        "usage-to-product/P@1": 0.250, "usage-to-product/P@10": 0.263, "usage-to-product/MRR": 0.354,
-    },
-}
 
 
 def kagl_queries(data: EvalSet, task: KaglTask, seed: int) -> tuple[list[str], list[list[int]]]:
