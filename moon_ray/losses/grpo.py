@@ -9,7 +9,9 @@ For G traces per product with rewards r (B, G):
     loss = mean over traces of the mean over their tokens of (policy + β · KL)
 
 Only trace tokens count (mask); prompt tokens never enter. Rollouts that are stale can carry an
-importance weight w (B·G,) multiplying their per-trace loss.
+importance weight w (B·G,) multiplying their per-trace loss. old_logp is the policy that sampled the
+traces, fixed for all optimizer steps on one rollout batch (ρ = 1 on the first, then it moves and the
+clip acts); with no reference (kl_coef = 0) the KL term is absent and its pass is never run.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 def grpo_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
-    ref_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_eps: float = 0.2,
@@ -46,15 +48,15 @@ def grpo_loss(
     """Clipped-ratio policy loss with KL to the reference.
 
     logp, old_logp, ref_logp, mask: (N, T) per-token log-probs of the sampled trace tokens and a 0/1
-    mask of real trace tokens; advantages (N,) one per trace; weights (N,) optional per-trace
-    importance weights. Returns (scalar loss, metrics).
+    mask of real trace tokens (ref_logp None: no KL term); advantages (N,) one per trace; weights (N,)
+    optional per-trace importance weights. Returns (scalar loss, metrics).
     """
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
     adv = advantages.unsqueeze(1)
     policy = -torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
-    kl = kl_k3(logp, ref_logp)
-    per_token = policy + kl_coef * kl
+    kl = kl_k3(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    per_token = policy + kl_coef * kl if ref_logp is not None else policy
     lengths = mask.sum(1).clamp(min=1.0)
     per_trace = (per_token * mask).sum(1) / lengths
     if weights is not None:
