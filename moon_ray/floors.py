@@ -23,12 +23,12 @@ FLOORS: dict[int, tuple[str, ...]] = {
     2: ("infrastructure",),  # runtime, resources, timing, index
     3: ("catalog", "models", "losses", "rewards"),
     4: ("rollout", "weight_sync"),
-    5: ("train", "eval"),
+    5: ("train", "eval", "creative"),
     6: ("serve",),
     7: ("jobs", "cli", "demo"),
 }
 FLOOR_NAMES = {1: "config", 2: "infrastructure", 3: "catalog/models/losses", 4: "rollout/weight_sync",
-               5: "train/eval", 6: "serve", 7: "jobs/cli/demo"}
+               5: "train/eval/creative", 6: "serve", 7: "jobs/cli/demo"}
 MODULE_STRING = re.compile(rf"^{PACKAGE}(\.\w+)+(:\w+)?$")
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from moon_ray.config.creative import CreativeConfig  # noqa: F401
 from moon_ray.config.data import ColumnMap, DataConfig, ImageConfig, PreprocessConfig, RayConfig, SplitConfig  # noqa: F401  (the sections, importable from here)
 from moon_ray.config.model import LMConfig, LoraConfig, ModelConfig, VisionConfig  # noqa: F401
 from moon_ray.config.runs import RolloutConfig, TrainConfig  # noqa: F401
@@ -48,6 +49,7 @@ class Config:
     train: TrainConfig = opt(TrainConfig(), "Contrastive training on Ray Train.")
     serve: ServeConfig = opt(ServeConfig(), "The Ray Serve deployment.")
     rollout: RolloutConfig = opt(RolloutConfig(), "Reasoning rollouts and GRPO (joint training).")
+    creative: CreativeConfig = opt(CreativeConfig(), "Creative4U: pairs, the creative selector, its training and evaluation.")
 
     def validate(self) -> None:
         if self.model.arch == "dual" and self.rollout.enabled:
