@@ -39,6 +39,14 @@ class EvalConfig:
         ("article_type", "colour", "gender", "season", "usage"),
         "Product attributes classified zero-shot (nearest label prompt).",
     )
+    low_res: bool = opt(
+        True,
+        "Also score the low-resolution variants, beside the full-resolution numbers: the catalog "
+        "embedded from its images shrunk to 60x80 shop thumbnails (JPEG; the encoder scales them "
+        "back up): image->product, image+text->product and text->product against that index "
+        "(`*_lowres` metrics) and the KAGL tasks on low-res documents (`<task>-lowres`). About one "
+        "more product pass of embedding.",
+    )
 
     def validate(self) -> None:
         if self.index not in ("flat", "hnsw"):

@@ -14,6 +14,11 @@ every run and machine. The steps, in order (no colour change anywhere):
 
 Mild versions (a light crop and a flip) are too easy: frozen EfficientNet-Lite0 finds the product
 at rank 1 for ~98 % of them, which leaves nothing to measure.
+
+A key of the form `lowres:<id>` asks for the other image the evaluation needs, the product as a shop
+serves a thumbnail: `low_res` (60×80, JPEG quality 85, nothing random), which the encoder scales back
+up to its own input size. The low-resolution variants of the tasks (`eval.low_res`) embed the
+catalog from these.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 WHITE = (255, 255, 255)
+LOW_RES_PREFIX = "lowres:"
+SHOP_SIZE = (60, 80)  # (width, height) of the catalog's thumbnails
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,28 @@ def rng_for(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
+def low_res_key(key: str) -> str:
+    """The `degrade` key that turns a product's image into its low-resolution thumbnail."""
+    return LOW_RES_PREFIX + key
+
+
+def low_res(image: bytes, size: tuple[int, int] = SHOP_SIZE, quality: int = 85) -> bytes:
+    """JPEG bytes of the image resized to `size` (width, height): a shop's thumbnail of the product."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(image)).convert("RGB").resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def degrade(image: bytes, seed: int, key: str, spec: Degradation = Degradation()) -> bytes:
-    """JPEG bytes of the degraded image; the output has the input's size."""
+    """JPEG bytes of the degraded image; the output has the input's size. A `lowres:<id>` key gives
+    `low_res(image)` instead (60×80)."""
     from PIL import Image, ImageFilter
 
+    if key.startswith(LOW_RES_PREFIX):
+        return low_res(image)
     rng = rng_for(seed, key)
     img = Image.open(io.BytesIO(image)).convert("RGB")
     w, h = img.size

@@ -18,6 +18,7 @@ through `Encoder.encode`; every phase is timed by one named timer (infrastructur
 | image → product, similar      | product image (itself left out)     | same gender, colour, article type | nDCG@10          |
 | image+text → product          | degraded image + "Navy Blue Shirts" | that product                      | R@1, R@10        |
 | zero-shot classification      | product embedding / image only      | nearest label prompt (text)       | accuracy         |
+| low-res variants (`eval.low_res`) | the image_same, image_text and text_unseen queries | the same, in an index of the catalog embedded from 60×80 thumbnails | `<task>_lowres/…` |
 
 Zero-shot fields are grouped by whether the trainer saw their values as text queries (article type,
 colour, gender: `TRAINING_QUERY_FIELDS`) or never did (season, usage).
@@ -57,21 +58,61 @@ def run_eval(cfg: Config) -> dict:
     with timer("load"):
         data = load_split(cfg)
         requests, parts = build_requests(data, ev.zero_shot)
+        if ev.low_res:
+            requests, parts = with_low_res_products(requests, parts, data)
+        requests, traces_note = with_stored_traces(requests, parts, data, ev.model)
     with timer("embed"):
         init_ray(cfg.ray)
         vecs = embed_requests(requests, cfg)
     with timer("index"):
-        index = build_index(vecs[parts["product"]], ev.index, ix.hnsw_m, ix.hnsw_ef_construction, ix.hnsw_ef_search)
+        hnsw = (ix.hnsw_m, ix.hnsw_ef_construction, ix.hnsw_ef_search)
+        index = build_index(vecs[parts["product"]], ev.index, *hnsw)
+        low = build_index(vecs[parts["product_lowres"]], ev.index, *hnsw) if "product_lowres" in parts else None
     with timer("score"):
-        results = score(data, {name: vecs[s] for name, s in parts.items()}, index, ev.seed)
+        results = score(data, {name: vecs[s] for name, s in parts.items()}, index, ev.seed, low_res_index=low)
 
     results.update(
         model=ev.model, name=model_slug(ev.model), split=data.split, n_products=data.size,
         dim=int(vecs.shape[1]), index=ev.index, faiss_gpus=gpu_count(), n_requests=requests.num_rows,
-        timings_s={k: round(v, 2) for k, v in timer.metrics().items()}, config=to_dict(cfg),
+        timings_s={k: round(v, 2) for k, v in timer.metrics().items()}, config=to_dict(cfg), traces=traces_note,
     )
     results["output_dir"] = str(write_results(results, Path(ev.output_dir) / results["name"]))
     return results
+
+
+def with_low_res_products(requests, parts: dict[str, slice], data: EvalSet):
+    """The request table plus a `product_lowres` part: every product (image + title) with its image
+    shrunk to a 60×80 shop thumbnail (moon_ray/eval/degrade.py `low_res`, made on the embedding actors)."""
+    import pyarrow as pa
+
+    from moon_ray.eval.degrade import low_res_key
+
+    p, start = data.products, requests.num_rows
+    extra = pa.table({"row": pa.array(range(start, start + data.size), pa.int64()),
+                      "image": pa.array(p["image"], pa.binary()), "text": pa.array(p["title"], pa.string()),
+                      "degrade": pa.array([low_res_key(i) for i in p["id"]], pa.string()),
+                      "product": pa.array([True] * data.size, pa.bool_())})
+    table = pa.concat_tables([requests, extra.cast(requests.schema)])
+    return table, {**parts, "product_lowres": slice(start, start + data.size)}
+
+
+def with_stored_traces(requests, parts: dict[str, slice], data: EvalSet, model: str):
+    """(the request table with a `trace` column, what it reuses): each product row gets its stored trace
+    when that is of the model's policy version (index_artifact.stored_traces), as `moon-ray index` does;
+    the other rows None (a model that reasons generates those on the actors). Said on stdout."""
+    import pyarrow as pa
+
+    from moon_ray.eval.data import TRACE_COLUMNS
+    from moon_ray.eval.index_artifact import model_identity, stored_traces
+
+    table = pa.table({c: data.products[c] for c in ("id", *TRACE_COLUMNS) if c in data.products})
+    stored, _, told = stored_traces(table, model_identity(model))
+    if told:
+        print(f"eval: {told}", flush=True)
+    column: list[str | None] = [None] * requests.num_rows
+    if stored is not None:
+        column[parts["product"]] = stored
+    return requests.append_column("trace", pa.array(column, pa.string())), told
 
 
 def resolve_model(cfg: Config) -> Config:
@@ -90,9 +131,10 @@ def check_model(model: str) -> None:
                           "nor an existing model directory")
 
 
-def score(data: EvalSet, vecs: dict[str, np.ndarray], index, seed: int = 0) -> dict:
+def score(data: EvalSet, vecs: dict[str, np.ndarray], index, seed: int = 0, low_res_index=None) -> dict:
     """Every metric (with its bootstrap 95 % interval over queries) from the embedded parts (see
-    build_requests) and the product index."""
+    build_requests) and the product index; with `low_res_index` (the products embedded from 60×80
+    thumbnails) also the `<task>_lowres` variants of image_same, image_text and text_unseen."""
     from moon_ray.infrastructure.index import search
 
     n = data.size
@@ -104,11 +146,11 @@ def score(data: EvalSet, vecs: dict[str, np.ndarray], index, seed: int = 0) -> d
         out["metrics"][key] = M.mean_defined(per_query)
         out["ci95"][key] = list(M.bootstrap_ci(per_query, seed=seed))
 
-    def ranked(queries: np.ndarray, k: int) -> np.ndarray:
-        return M.sort_hits(*search(index, queries, k))
+    def ranked(queries: np.ndarray, k: int, idx=index) -> np.ndarray:
+        return M.sort_hits(*search(idx, queries, k))
 
-    def retrieval(task: str, queries: np.ndarray, relevant: list, wanted: dict) -> None:
-        r = ranked(queries, depth)
+    def retrieval(task: str, queries: np.ndarray, relevant: list, wanted: dict, idx=index) -> None:
+        r = ranked(queries, depth, idx)
         for key, (fn, k) in wanted.items():
             record(f"{task}/{key}", fn(r, relevant, k))
         out["counts"][task] = len(relevant)
@@ -121,6 +163,12 @@ def score(data: EvalSet, vecs: dict[str, np.ndarray], index, seed: int = 0) -> d
     retrieval("text", vecs["text_query"], data.query_relevant, text_metrics)
     retrieval("image_same", vecs["image_degraded"], own, {"R@1": (M.recall_at_k, 1), "R@10": (M.recall_at_k, 10)})
     retrieval("image_text", vecs["image_text"], own, {"R@1": (M.recall_at_k, 1), "R@10": (M.recall_at_k, 10)})
+    if low_res_index is not None:
+        recall = {"R@1": (M.recall_at_k, 1), "R@10": (M.recall_at_k, 10)}
+        retrieval("image_same_lowres", vecs["image_degraded"], own, recall, low_res_index)
+        retrieval("image_text_lowres", vecs["image_text"], own, recall, low_res_index)
+        if "text_unseen" in vecs and len(data.unseen_queries):
+            retrieval("text_unseen_lowres", vecs["text_unseen"], data.query_relevant, text_metrics, low_res_index)
 
     similar = similar_relevant(data)
     r = M.exclude(ranked(vecs["image"], min(n, 11)), range(n), 10)

@@ -25,6 +25,10 @@ of the first relevant within those 10, else 0. Each comes with a bootstrap 95 % 
 Image, title and label embeddings all come from `Encoder.encode` (image only / text only), on the
 Ray Data actor pool of embed.py. Differences from Marqo's run, stated in the report: our corpus is
 one split (theirs is all 44,434 products), our titles and labels are the cleaned preprocessed ones.
+
+With `eval.low_res` (default on) every task runs a second time on documents embedded from the product
+images shrunk to 60×80 shop thumbnails (moon_ray/eval/degrade.py `low_res`), reported as
+`<task>-lowres/<metric>` and printed in a column beside the full-resolution numbers.
 """
 
 from __future__ import annotations
@@ -93,20 +97,27 @@ def kagl_queries(data: EvalSet, task: KaglTask, seed: int) -> tuple[list[str], l
     return texts, [groups[t] for t in texts]
 
 
-def build_kagl_requests(data: EvalSet, query_texts: list[str]) -> tuple[pa.Table, slice, dict[str, int]]:
-    """Requests for embed.py: every product image alone, then every distinct text (titles and queries)
-    alone. Returns the table, the slice of the image rows and the row of each distinct text."""
-    images = list(data.products["image"])
+def build_kagl_requests(data: EvalSet, query_texts: list[str],
+                        low_res: bool = False) -> tuple[pa.Table, dict[str, slice], dict[str, int]]:
+    """Requests for embed.py: every product image alone (and, with `low_res`, every product image as
+    a 60×80 thumbnail), then every distinct text (titles and queries) alone. Returns the table, the
+    slices of the image rows ("image", "image_lowres") and the row of each distinct text."""
+    from moon_ray.eval.degrade import low_res_key
+
+    n_img = data.size
+    images = list(data.products["image"]) * (2 if low_res else 1)
+    keys = [None] * n_img + ([low_res_key(i) for i in data.products["id"]] if low_res else [])
     texts = list(dict.fromkeys([*data.products["title"], *query_texts]))
     n = len(images) + len(texts)
     table = pa.table({
         "row": pa.array(range(n), pa.int64()),
         "image": pa.array(images + [None] * len(texts), pa.binary()),
         "text": pa.array([None] * len(images) + texts, pa.string()),
-        "degrade": pa.array([None] * n, pa.string()),
+        "degrade": pa.array(keys + [None] * len(texts), pa.string()),
         "product": pa.array([False] * n, pa.bool_()),
     })
-    return table, slice(0, len(images)), {t: len(images) + i for i, t in enumerate(texts)}
+    slices = {"image": slice(0, n_img)} | ({"image_lowres": slice(n_img, 2 * n_img)} if low_res else {})
+    return table, slices, {t: len(images) + i for i, t in enumerate(texts)}
 
 
 def mixed_documents(image: np.ndarray, title: np.ndarray, weights: tuple[float, float] = DOC_WEIGHTS) -> np.ndarray:
@@ -144,6 +155,15 @@ def score_kagl(data: EvalSet, queries: dict[str, tuple[list[str], list[list[int]
     return {"metrics": metrics, "ci95": ci, "counts": counts, "top1_tie_fraction": ties}
 
 
+def merge_low_res(results: dict, low: dict) -> None:
+    """Adds the scores of a low-resolution run to `results` as `<task>-lowres/<metric>` (metrics,
+    intervals, query counts, tie fractions)."""
+    for part in ("metrics", "ci95"):
+        results[part].update({f"{k.partition('/')[0]}-lowres/{k.partition('/')[2]}": v for k, v in low[part].items()})
+    for part in ("counts", "top1_tie_fraction"):
+        results[part].update({f"{k}-lowres": v for k, v in low[part].items()})
+
+
 def run_kagl(cfg: Config) -> dict:
     """The KAGL protocol for `cfg.eval.model` on `cfg.eval.split`; writes <output_dir>/<slug>-kagl."""
     from moon_ray.eval.data import load_split
@@ -159,14 +179,18 @@ def run_kagl(cfg: Config) -> dict:
     with timer("load"):
         data = load_split(cfg)
         queries = {t.name: kagl_queries(data, t, ev.seed) for t in TASKS}
-        requests, image_rows, text_row = build_kagl_requests(data, [x for t, _ in queries.values() for x in t])
+        requests, image_rows, text_row = build_kagl_requests(data, [x for t, _ in queries.values() for x in t],
+                                                             low_res=ev.low_res)
     with timer("embed"):
         init_ray(cfg.ray)
         vecs = embed_requests(requests, cfg)
     with timer("score"):
         ix = cfg.index
-        results = score_kagl(data, queries, vecs[image_rows], lambda t: vecs[text_row[t]], ev.index, ev.seed,
-                             hnsw=(ix.hnsw_m, ix.hnsw_ef_construction, ix.hnsw_ef_search))
+        kw = dict(index_kind=ev.index, seed=ev.seed, hnsw=(ix.hnsw_m, ix.hnsw_ef_construction, ix.hnsw_ef_search))
+        results = score_kagl(data, queries, vecs[image_rows["image"]], lambda t: vecs[text_row[t]], **kw)
+        if "image_lowres" in image_rows:
+            low = score_kagl(data, queries, vecs[image_rows["image_lowres"]], lambda t: vecs[text_row[t]], **kw)
+            merge_low_res(results, low)
     results.update(
         protocol="kagl", model=ev.model, name=f"{model_slug(ev.model)}-kagl", split=data.split,
         n_products=data.size, dim=int(vecs.shape[1]), index=ev.index, n_requests=requests.num_rows,
@@ -185,21 +209,28 @@ def _f(value) -> str:
     return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
 
 
+def _cell(results: dict, key: str) -> str:
+    """'value | [lo, hi]': two table cells."""
+    lo, hi = results["ci95"].get(key, (None, None))
+    return f"{_f(results['metrics'].get(key))} | " + (f"[{_f(lo)}, {_f(hi)}]" if lo is not None else "—")
+
+
 def kagl_markdown(results: dict) -> str:
     """Our numbers (with 95 % intervals) beside Marqo's published KAGL numbers, corpus sizes in the table."""
     ours = f"{results['model']} (ours)"
+    low = any(k.partition("/")[0].endswith("-lowres") for k in results["metrics"])
+    low_head, low_rule = (" ours, 60×80 images | 95 % CI |", " ---: | --- |") if low else ("", "")
     lines = [f"# moon-ray eval, KAGL protocol: {results['model']} on {results['split']}", "",
-             f"| task | queries | metric | {ours} | 95 % CI | Marqo-FashionSigLIP | Marqo-FashionCLIP |",
-             "| --- | ---: | --- | ---: | --- | ---: | ---: |",
+             f"| task | queries | metric | {ours} | 95 % CI |{low_head} Marqo-FashionSigLIP | Marqo-FashionCLIP |",
+             f"| --- | ---: | --- | ---: | --- |{low_rule} ---: | ---: |",
              f"| corpus (products) | | | {results['n_products']:,} ({results['split']} split) | "
-             f"| {PUBLISHED_CORPUS:,} (all KAGL) | {PUBLISHED_CORPUS:,} (all KAGL) |"]
+             f"|{' same | |' if low else ''} {PUBLISHED_CORPUS:,} (all KAGL) | {PUBLISHED_CORPUS:,} (all KAGL) |"]
     for task in TASKS:
         n = results["counts"].get(task.name, 0)
         for metric in task.metrics:
             key = f"{task.name}/{metric}"
-            lo, hi = results["ci95"].get(key, (None, None))
-            interval = f"[{_f(lo)}, {_f(hi)}]" if lo is not None else "—"
-            lines.append(f"| {task.name} | {n} | {metric} | {_f(results['metrics'].get(key))} | {interval} | "
+            cells = [_cell(results, key)] + ([_cell(results, f"{task.name}-lowres/{metric}")] if low else [])
+            lines.append(f"| {task.name} | {n} | {metric} | {' | '.join(cells)} | "
                          f"{_f(PUBLISHED['Marqo-FashionSigLIP'][key])} | {_f(PUBLISHED['Marqo-FashionCLIP'][key])} |")
     lines += ["", f"Published numbers: {PUBLISHED_SOURCE}. Protocol: configs/KAGL.json, eval.py, utils/metrics.py "
               "(top 10 retrieved; P@k = relevant in top k / k; R@k = relevant in top k / all relevant; "
@@ -210,6 +241,9 @@ def kagl_markdown(results: dict) -> str:
               "- Titles and labels are our cleaned, preprocessed ones (NFKC, HTML removed; colour falls back to a "
               "colour phrase of the title when the column is empty); intervals: bootstrap over queries, 1,000 "
               "resamples."]
+    if low:
+        lines.append("- 60×80 images: the same tasks with every document embedded from the product image shrunk "
+                     "to a 60×80 shop thumbnail (JPEG), which the encoder scales back up (`eval.low_res`).")
     for task, frac in results.get("top1_tie_fraction", {}).items():
         if frac >= 0.5:
             lines.append(f"- {task}: for {frac:.0%} of the queries the best document score is tied (e.g. a text "

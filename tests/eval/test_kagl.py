@@ -100,3 +100,8 @@ def test_kagl_end_to_end_with_the_random_baseline(real_slice, tmp_path, ray_loca
     md = (run / "results.md").read_text()
     assert f"| corpus (products) | | | {data.size:,} (test split) |" in md
     assert "44,434 (all KAGL)" in md and "| text-to-image |" in md and "0.179" in md
+    # eval.low_res (default on): every task again on documents embedded from 60×80 thumbnails
+    assert {k.replace("-lowres/", "/") for k in results["metrics"] if "-lowres/" in k} == set(
+        k for k in results["metrics"] if "-lowres/" not in k)
+    assert results["counts"]["text-to-image-lowres"] == results["counts"]["text-to-image"]
+    assert "ours, 60×80 images" in md
