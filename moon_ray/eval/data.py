@@ -25,6 +25,7 @@ to embed, in named parts (a slice each):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,9 @@ from moon_ray.config import Config, ConfigError
 
 PRODUCT_COLUMNS = ("id", "row", "title", "image", "gender", "colour", "article_type", "season", "usage",
                    "master_category", "sub_category", "material", "brand")
+TRACE_COLUMN = "reasoning"  # a stored trace per product, written into the shards by `moon-ray traces`
+TRACE_VERSION_COLUMN = "reasoning_version"  # the policy version that generated it
+TRACE_COLUMNS = (TRACE_COLUMN, TRACE_VERSION_COLUMN)
 
 
 @dataclass
@@ -52,25 +56,34 @@ class EvalSet:
         return len(self.products["id"])
 
 
-def load_split(cfg: Config) -> EvalSet:
-    """The products and queries of `cfg.eval.split`; a clear error when preprocessing has not run."""
+def read_products(root: str | Path, columns: Sequence[str], split: str | None, limit: int | None, field: str,
+                  hint: str, optional: Sequence[str] = ()) -> pa.Table:
+    """`columns` (and those of `optional` the shards have) of the products of `split` (None: every split)
+    under root/products, in catalog order, the first `limit`; errors name the missing catalog or `field`."""
     import pyarrow.dataset as ds
+
+    products_dir = Path(root) / "products"
+    if not products_dir.is_dir() or not any(products_dir.glob("*.parquet")):
+        raise FileNotFoundError(f"no preprocessed catalog at {products_dir}: {hint}")
+    dataset = ds.dataset(products_dir, format="parquet")
+    wanted = sorted({*columns, "row", *(c for c in optional if c in dataset.schema.names)})
+    table = dataset.to_table(columns=wanted, filter=(ds.field("split") == split) if split else None)
+    if table.num_rows == 0:
+        found = sorted(set(dataset.to_table(columns=["split"]).column("split").to_pylist()))
+        raise ConfigError(f"{field}: no products in split {split!r} under {products_dir} (splits: {found})")
+    table = table.sort_by("row")
+    return table.slice(0, limit) if limit is not None else table
+
+
+def load_split(cfg: Config) -> EvalSet:
+    """The products of `cfg.eval.split` (with their stored traces, if the shards have any) and its queries;
+    a clear error when preprocessing has not run."""
     import pyarrow.parquet as pq
 
     root = Path(cfg.data.output_dir)
-    products_dir = root / "products"
     hint = f"run `moon-ray preprocess data.output_dir={root}` first"
-    if not products_dir.is_dir() or not any(products_dir.glob("*.parquet")):
-        raise FileNotFoundError(f"no preprocessed catalog at {products_dir}: {hint}")
     split = cfg.eval.split
-    dataset = ds.dataset(products_dir, format="parquet")
-    table = dataset.to_table(columns=list(PRODUCT_COLUMNS), filter=ds.field("split") == split)
-    if table.num_rows == 0:
-        found = sorted(set(dataset.to_table(columns=["split"]).column("split").to_pylist()))
-        raise ConfigError(f"eval.split: no products in split {split!r} under {products_dir} (splits: {found})")
-    table = table.sort_by("row")
-    if cfg.eval.limit is not None:
-        table = table.slice(0, cfg.eval.limit)
+    table = read_products(root, PRODUCT_COLUMNS, split, cfg.eval.limit, "eval.split", hint, optional=TRACE_COLUMNS)
     products = table.to_pydict()
     query_path = root / "queries" / f"{split}.parquet"
     if not query_path.exists():

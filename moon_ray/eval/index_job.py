@@ -10,12 +10,13 @@ moon_ray/eval/index_artifact.py) instead of embedding the catalog at start-up: 9
 about 10 minutes of model time on 2 CPUs, which every replica, autoscaled ones included, used to spend.
 
 The job: the products of data.output_dir (split serve.index_split, at most serve.index_limit, in
-catalog order) go through `map_batches` over `serve.index_actors` actors of `serve.index_cpus_per_actor`
-CPUs (and serve.index_gpus_per_actor GPUs), each holding one encoder and embedding
-`serve.index_batch_size` products per call with `embed_products` (stored reasoning traces reused,
-missing ones generated, for a model that reasons). The actors request the `moon_data` resource when
-ray.use_custom_resources is on, so on a cluster they run on the data group. Vectors come back in any
-order and are put back by position; the FAISS index (serve.index kind) is built on the driver.
+catalog order) go through evaluation's own Ray Data embedding (eval/embed.py `embed_requests_traced`)
+over `serve.index_actors` actors of `serve.index_cpus_per_actor` CPUs (and serve.index_gpus_per_actor
+GPUs), each holding one encoder and embedding `serve.index_batch_size` products per call with
+`embed_products`: for a model that reasons, the stored traces of its own policy version are reused
+(`moon-ray traces` writes them) and the missing ones generated; the job says which. The actors request
+the `moon_data` resource when ray.use_custom_resources is on, so on a cluster they run on the data
+group. The FAISS index (serve.index kind) is built on the driver.
 """
 
 from __future__ import annotations
@@ -29,14 +30,12 @@ import numpy as np
 import pyarrow as pa
 
 from moon_ray.config import Config, absolute_path, load_config, with_absolute_paths
+from moon_ray.eval.embed import ActorPool, embed_requests_traced
 from moon_ray.eval.index_artifact import (
-    TRACE_COLUMN,
     default_index_dir,
-    embed_products,
     load_products,
     make_manifest,
     model_identity,
-    product_encoder,
     product_meta,
     stored_traces,
     trace_summary,
@@ -48,66 +47,14 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class IndexActor:
-    """Ray Data actor: one encoder; a batch of products (position, image, title[, reasoning]) -> vectors."""
-
-    def __init__(self, model: str, threads: int, device: str, batch_size: int):
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-        self.encoder = product_encoder(model, device, batch_size)
-
-    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        traces = batch.column(TRACE_COLUMN).to_pylist() if TRACE_COLUMN in batch.column_names else None
-        vecs, used = embed_products(self.encoder, batch.column("image").to_pylist(),
-                                    batch.column("title").to_pylist(), traces)
-        return {"position": batch.column("position").to_numpy(), "embedding": vecs,
-                "trace": np.array(used if used is not None else [""] * len(vecs), dtype=object),
-                "reasoned": np.full(len(vecs), used is not None)}
-
-
-def embed_catalog(cfg: Config, table: pa.Table) -> tuple[np.ndarray, list[str] | None]:
-    """(N, dim) vectors of `table`'s products in its order, and the traces used (None: no reasoning)."""
-    import ray
-
-    from moon_ray.infrastructure.resources import DATA, request
-
-    s, n = cfg.serve, table.num_rows
-    columns = ["image", "title", *([TRACE_COLUMN] if TRACE_COLUMN in table.column_names else [])]
-    work = table.select(columns).append_column("position", pa.array(np.arange(n, dtype=np.int64)))
-    # about 4 blocks per actor, whole batches each; from_blocks keeps them as they are (no read tasks)
-    per_block = s.index_batch_size * max(1, -(-n // (4 * s.index_actors * s.index_batch_size)))
-    blocks = [work.slice(i, per_block) for i in range(0, n, per_block)]
-    extra = {"num_gpus": s.index_gpus_per_actor} if s.index_gpus_per_actor else {}
-    device = "cuda" if s.index_gpus_per_actor else "cpu"
-    ds = ray.data.from_blocks(blocks).map_batches(
-        IndexActor,
-        fn_constructor_kwargs={"model": s.model, "threads": int(s.index_cpus_per_actor), "device": device,
-                               "batch_size": s.index_batch_size},
-        batch_size=s.index_batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=s.index_actors),
-        num_cpus=s.index_cpus_per_actor,
-        resources=request(DATA, cfg.ray.use_custom_resources),
-        **extra,
-    )
-    vectors: np.ndarray | None = None
-    traces = [""] * n
-    seen = np.zeros(n, dtype=bool)
-    reasoned = False
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-        rows = batch["position"]
-        vecs = np.asarray(batch["embedding"], dtype=np.float32)
-        if vectors is None:
-            vectors = np.zeros((n, vecs.shape[1]), dtype=np.float32)
-        vectors[rows] = vecs
-        seen[rows] = True
-        reasoned = reasoned or bool(np.any(batch["reasoned"]))
-        for r, t in zip(rows, batch["trace"], strict=True):
-            traces[int(r)] = str(t)
-    if vectors is None or not seen.all():
-        raise RuntimeError(f"the index job lost products: {int((~seen).sum())} of {n} came back empty")
-    return vectors, traces if reasoned else None
+def product_requests(table: pa.Table, traces: list[str | None] | None) -> pa.Table:
+    """The products of `table` as embed.py requests (image + title, the product side), with the stored
+    traces that may be reused (None: none)."""
+    n = table.num_rows
+    return pa.table({"row": pa.array(np.arange(n, dtype=np.int64)), "image": table.column("image"),
+                     "text": table.column("title"), "degrade": pa.nulls(n, pa.string()),
+                     "product": pa.array(np.ones(n, dtype=bool)),
+                     "trace": pa.array(traces if traces is not None else [None] * n, pa.string())})
 
 
 def build_index_dir(cfg: Config, out: str | Path) -> dict:
@@ -117,10 +64,13 @@ def build_index_dir(cfg: Config, out: str | Path) -> dict:
 
     identity = model_identity(cfg.serve.model)  # an unusable model fails here, before any work
     table = load_products(cfg)
+    stored, mask, told = stored_traces(table, identity)  # only the model's own policy version is reused
+    if told:
+        print(f"index: {told}", flush=True)
     init_ray(cfg.ray)
     clock = Stopwatch()
-    vectors, used = embed_catalog(cfg, table)
-    mask = stored_traces(table)[1] if used is not None else None  # a model that does not reason ignores them
+    vectors, traces = embed_requests_traced(product_requests(table, stored), cfg, ActorPool.for_index(cfg))
+    used = [t or "" for t in traces] if traces is not None else None
     ix = cfg.index
     index = build_index(vectors, cfg.serve.index, ix.hnsw_m, ix.hnsw_ef_construction, ix.hnsw_ef_search,
                         use_gpu=False)

@@ -74,7 +74,9 @@ class CatalogIndex:
         `encoder.embed_products(images, titles, traces)` -> (vectors, traces used | None), as the job's."""
         table = load_products(cfg)
         n, bs = table.num_rows, cfg.serve.index_batch_size
-        stored, mask = stored_traces(table)
+        stored, mask, told = stored_traces(table, identity)
+        if told:
+            log.warning("catalog index at start: %s", told)
         vectors = np.zeros((n, encoder.dim), dtype=np.float32)
         used: list[str] | None = None
         clock = Stopwatch()
