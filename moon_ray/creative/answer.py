@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-ANSWER = re.compile(r"^\s*<think>(?P<think>(?:(?!</?think>).)*\S(?:(?!</?think>).)*)</think>\s*"
+ANSWER = re.compile(r"^\s*<think>(?P<think>(?:(?!</?think>).)*)</think>\s*"
                     r"<answer>\s*(?P<choice>[AB])\s*</answer>\s*$", re.DOTALL)
 
 
@@ -31,7 +31,7 @@ class Parsed:
 
 def parse_answer(text: str) -> Parsed:
     match = ANSWER.match(text or "")
-    if match is None:
+    if match is None or not match["think"].strip():
         return Parsed(choice=None, reasoning=(text or "").strip())
     return Parsed(choice=match["choice"], reasoning=match["think"].strip())
 
