@@ -17,6 +17,12 @@ class VisionConfig:
     image_size: int = opt(224, "Input resolution of the tower.")
     pool_grid: int = opt(3, "Patch grid pooled to pool_grid×pool_grid visual tokens (+1 global token).")
     trainable: bool = opt(False, "Fine-tune the tower (False: frozen, features computed without grad).")
+    trainable_blocks: int = opt(
+        0,
+        "arch=moon: fine-tune only the top N blocks of a frozen tower (EfficientNet-Lite0: of its 16 "
+        "MBConv blocks, plus the head conv; batch norm keeps its statistics). 0: frozen (or all, "
+        "with vision.trainable). Off by default: no gain measured on val yet.",
+    )
     open_clip_model: str = opt("ViT-B-32", "open_clip model name (vision.name=open_clip).")
     open_clip_pretrained: str | None = opt(None, "Local open_clip checkpoint file (no download).")
     tiny_dim: int = opt(32, "Feature width of the tiny test tower.")
@@ -74,6 +80,13 @@ class ModelConfig:
     fusion_heads: int = opt(4, "Fusion heads.")
     residual: bool = opt(True, "MOON3.0 fine-grained residual enhancement of visual tokens in LM layers.")
     residual_every: int = opt(4, "Inject projected patch features after every N-th decoder layer.")
+    residual_grid: int | None = opt(
+        None,
+        "Feed the residual enhancement a finer patch grid: the tower's grid pooled to N×N (7: "
+        "EfficientNet-Lite0's full 7×7), which each visual token reads by attention over its own "
+        "region. None: re-add the pooled visual tokens themselves. Off by default: no gain measured "
+        "on val yet.",
+    )
     visual_skip: bool = opt(
         True,
         "Add the image's global tower feature to the embedding through a "
@@ -114,6 +127,15 @@ class ModelConfig:
                 "model.arch=dual keeps its vision tower frozen (model.vision.trainable=false); fine-tune "
                 "its top blocks with model.dual_image_trainable_blocks=N"
             )
+        if self.vision.trainable_blocks < 0 or (self.vision.trainable_blocks and self.vision.trainable):
+            raise ConfigError("model.vision.trainable_blocks must be >= 0, and 0 when model.vision.trainable=true "
+                              "(which already trains every block)")
+        if self.vision.trainable_blocks and self.arch == "dual":
+            raise ConfigError("model.vision.trainable_blocks is for arch=moon; the dual baseline uses "
+                              "model.dual_image_trainable_blocks")
+        if self.residual_grid is not None and self.residual_grid < self.vision.pool_grid:
+            raise ConfigError(f"model.residual_grid={self.residual_grid} must be >= model.vision.pool_grid="
+                              f"{self.vision.pool_grid} (a finer grid than the visual tokens), or null")
         if self.pooling not in ("mean", "last"):
             raise ConfigError(f"model.pooling: expected mean or last, got {self.pooling!r}")
         if (

@@ -14,6 +14,10 @@ The visual skip (`model.visual_skip`) is the residual idea applied at the output
 image feature, layer-normed, goes through a zero-initialised linear map straight into the embedding
 of every input that has an image. The 3x3+1 visual tokens the LM sees are a coarse summary; the skip
 keeps the full 1280-d descriptor that near-duplicate image retrieval depends on, and starts as a no-op.
+
+Options (all off by default): `model.vision.trainable_blocks=N` fine-tunes the tower's top N blocks;
+`model.residual_grid=7` gives the residual enhancement the fine 7×7 grid (appended after the visual
+tokens in `visual_features`, never put in the LM's sequence) instead of the pooled tokens.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from moon_ray.models.packing import plan_packing
 from moon_ray.models.precision import compute_weights, store_frozen
 from moon_ray.models.projector import Projector
 from moon_ray.models.residual import ResidualEnhancer
-from moon_ray.models.vision import build_tower, pool_patches
+from moon_ray.models.vision import build_tower, cell_mask, pool_patches
 
 
 @dataclass
@@ -48,8 +52,13 @@ class MoonEmbedder(nn.Module):
         self.cfg = cfg
         torch.manual_seed(seed)  # random parts (tiny tower, heads) are rebuilt identically from the seed
         self.tower = build_tower(cfg.vision)
-        if not cfg.vision.trainable:
+        self.tower_trains = cfg.vision.trainable or cfg.vision.trainable_blocks > 0
+        if cfg.vision.trainable_blocks:
+            self.tower.unfreeze_top(cfg.vision.trainable_blocks)
+        elif not cfg.vision.trainable:
             self.tower.freeze()
+        self.n_visual = 1 + cfg.vision.pool_grid**2  # visual tokens in the LM's sequence
+        self.fine_grid = cfg.residual_grid if cfg.residual else None
         self.compute_dtype = torch.float32
         self.lm, self.tokenizer = load_language_model(cfg.lm, seed=seed)
         hidden = self.lm.config.hidden_size
@@ -58,7 +67,8 @@ class MoonEmbedder(nn.Module):
         self.residual = None
         if cfg.residual:
             used = len(decoder_layers(self.lm)) if cfg.lm.embed_layers is None else min(cfg.lm.embed_layers, len(decoder_layers(self.lm)))
-            self.residual = ResidualEnhancer(hidden, used, cfg.residual_every)
+            fine = cell_mask(cfg.vision.pool_grid, self.fine_grid) if self.fine_grid else None
+            self.residual = ResidualEnhancer(hidden, used, cfg.residual_every, fine_mask=fine)
             self.residual.attach(decoder_layers(self.lm))
         self.fusion = ModalityFusion(hidden, cfg.fusion_heads) if cfg.fusion else None
         if cfg.moe:
@@ -78,13 +88,13 @@ class MoonEmbedder(nn.Module):
         # slower than eager's matmul + fp32 softmax), so bf16 takes the eager path; fp32 keeps SDPA.
         if dtype == torch.bfloat16 and self.device.type == "cpu":
             causal_lm(self.lm).set_attn_implementation("eager")
-        if not self.cfg.vision.trainable:
+        if not self.tower_trains:
             self.tower.freeze(dtype)
         return self
 
     def compute_weights(self):
         """Context: trainable weights as `compute_dtype` copies (a no-op in fp32, or when nested)."""
-        return compute_weights(self, self.compute_dtype, keep=self.tower if self.cfg.vision.trainable else None)
+        return compute_weights(self, self.compute_dtype, keep=self.tower if self.tower_trains else None)
 
     # ------------------------------------------------------------------------------------ inputs
     @property
@@ -98,20 +108,23 @@ class MoonEmbedder(nn.Module):
     def visual_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> projected visual tokens (B, 1 + g², H)."""
         with self.compute_weights():
-            return self.projector(self.visual_features(pixels))
+            return self.projector(self.visual_features(pixels)[:, : self.n_visual])
 
     def visual_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> pooled tower features (B, 1 + g², C) in the compute dtype: the global token
-        first, then the grid. With a frozen tower they carry no graph, so one call may feed several
-        forward passes (`forward(features=...)`)."""
+        """(B, 3, S, S) -> pooled tower features (B, 1 + g² [+ fine²], C) in the compute dtype: the
+        global token first, then the grid, then (model.residual_grid) the fine grid. One call may feed
+        several forward passes (`forward(features=...)`); with a frozen tower they carry no graph."""
         x = self.tower.input_format(pixels)
         if self.cfg.vision.trainable:
+            grid = self.tower(x)
+        elif self.cfg.vision.trainable_blocks:
+            self.tower.eval()  # batch norm keeps its statistics; the frozen lower blocks build no graph
             grid = self.tower(x)
         else:
             self.tower.eval()
             with torch.no_grad():
                 grid = self.tower(x)
-        return pool_patches(grid, self.cfg.vision.pool_grid).to(self.compute_dtype)
+        return pool_patches(grid, self.cfg.vision.pool_grid, self.fine_grid).to(self.compute_dtype)
 
     def text_tokens(self, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (B, L, H) and mask (B, L) of texts (no special tokens)."""
@@ -135,11 +148,12 @@ class MoonEmbedder(nn.Module):
 
     def _embed(self, pixels, texts, reasoning, modality, is_query, feats) -> EmbedOutput:
         segments: list[tuple[torch.Tensor, torch.Tensor]] = []
-        vis = None
+        vis = fine = None
         if feats is None and pixels is not None:
             feats = self.visual_features(pixels)
         if feats is not None:
             vis = self.projector(feats)
+            vis, fine = vis[:, : self.n_visual], (vis[:, self.n_visual :] if self.fine_grid else None)
             segments.append((vis, torch.ones(vis.shape[:2], dtype=torch.long, device=vis.device)))
         if texts is not None:
             prefix = self.cfg.lm.query_prefix if is_query else self.cfg.lm.product_prefix
@@ -151,7 +165,7 @@ class MoonEmbedder(nn.Module):
             raise ValueError("MoonEmbedder needs pixels or texts")
         embeds = torch.cat([e for e, _ in segments], dim=1)
         mask = torch.cat([m for _, m in segments], dim=1)
-        hidden = self._decode(embeds, mask, vis)
+        hidden = self._decode(embeds, mask, vis, fine)
         pooled = pool(hidden, mask, self.cfg.pooling)
         if self.fusion is not None:
             raw = torch.cat([e for e, _ in raw_signals], dim=1)
@@ -166,7 +180,8 @@ class MoonEmbedder(nn.Module):
             y = y + self.visual_skip(feats[:, 0]).float()
         return EmbedOutput(embedding=F.normalize(y, dim=-1), raw=y, aux_loss=aux)
 
-    def _decode(self, embeds: torch.Tensor, mask: torch.Tensor, vis: torch.Tensor | None) -> torch.Tensor:
+    def _decode(self, embeds: torch.Tensor, mask: torch.Tensor, vis: torch.Tensor | None,
+                fine: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, L, H) of the (first `embed_layers`) decoder layers. Inputs with much
         padding run packed (moon_ray/models/packing.py): the same per-token results, fewer positions."""
         plan = plan_packing(mask)
@@ -180,7 +195,7 @@ class MoonEmbedder(nn.Module):
                 padded = (torch.arange(b, device=x.device)[:, None] * mask.shape[1] + torch.arange(p, device=x.device))
                 slots = plan.slots(padded.flatten())
         if self.residual is not None:
-            self.residual.set_patches(vis, slots)
+            self.residual.set_patches(vis, slots, fine)
         try:
             with first_layers(self.lm, self.cfg.lm.embed_layers):
                 out = decoder(self.lm)(inputs_embeds=x, attention_mask=attn, position_ids=positions, use_cache=False)

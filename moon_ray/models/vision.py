@@ -6,7 +6,10 @@
 | open_clip          | a local open_clip checkpoint (imported only if chosen)| ViT token grid        |
 | tiny               | random (tests)                                         | tiny_dim × 4×4        |
 
-`tower(pixels (B, 3, S, S)) -> (B, C, h, w)`; `pool_patches` turns it into visual tokens.
+`tower(pixels (B, 3, S, S)) -> (B, C, h, w)`; `pool_patches` turns it into visual tokens (and, for the
+residual enhancement's fine grid, `model.residual_grid`, appends the grid pooled to that size).
+`unfreeze_top(n)` fine-tunes the top n blocks (`model.vision.trainable_blocks`): EfficientNet's
+MBConv blocks (16) plus its head conv, open_clip's transformer blocks, the tiny tower's two convs.
 """
 
 from __future__ import annotations
@@ -58,6 +61,25 @@ class VisionTower(nn.Module):
         self.eval().requires_grad_(False)
         return self.to(dtype)
 
+    def blocks(self) -> list[nn.Module]:
+        """The tower's stacked blocks, bottom to top (what `unfreeze_top` counts)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot fine-tune its top blocks")
+
+    def head_modules(self) -> list[nn.Module]:
+        """Layers above the last block that train with it (EfficientNet: the head conv and its norm)."""
+        return []
+
+    def unfreeze_top(self, n: int) -> VisionTower:
+        """Frozen except the top `n` blocks and the head: eval mode (batch norm keeps its statistics),
+        fp32, and no folding, so the trained blocks keep their own parameters."""
+        blocks = self.blocks()
+        if not 1 <= n <= len(blocks):
+            raise ValueError(f"model.vision.trainable_blocks={n}: {type(self).__name__} has {len(blocks)} blocks")
+        self.eval().requires_grad_(False)
+        for module in (*blocks[len(blocks) - n:], *self.head_modules()):
+            module.requires_grad_(True)
+        return self
+
     def input_format(self, pixels: torch.Tensor) -> torch.Tensor:
         dtype = next(self.parameters()).dtype
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -91,6 +113,12 @@ class EfficientNetLite0(VisionTower):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(pixels)
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.net._blocks)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.net._conv_head, self.net._bn1]
 
     def freeze(self, dtype: torch.dtype = torch.float32) -> VisionTower:
         """Eval-mode batch norm is an affine map per channel: fold each into the convolution before
@@ -130,6 +158,9 @@ class TinyTower(VisionTower):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net(pixels)
 
+    def blocks(self) -> list[nn.Module]:
+        return [self.net[0], self.net[3]]
+
 
 @register_tower("open_clip")
 class OpenClipTower(VisionTower):
@@ -152,6 +183,12 @@ class OpenClipTower(VisionTower):
         self.mean = tuple(getattr(self.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
         self.std = tuple(getattr(self.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
 
+    def blocks(self) -> list[nn.Module]:
+        return list(self.visual.transformer.resblocks)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [m for m in (getattr(self.visual, "ln_post", None),) if m is not None]
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         _, tokens = self.visual(pixels)
         b, n, c = tokens.shape
@@ -159,8 +196,28 @@ class OpenClipTower(VisionTower):
         return tokens[:, -side * side :].transpose(1, 2).reshape(b, c, side, side)
 
 
-def pool_patches(grid: torch.Tensor, pool_grid: int) -> torch.Tensor:
-    """(B, C, h, w) -> (B, 1 + pool_grid², C): a global average token, then the pooled patch grid."""
+def pool_patches(grid: torch.Tensor, pool_grid: int, fine_grid: int | None = None) -> torch.Tensor:
+    """(B, C, h, w) -> (B, 1 + pool_grid² [+ fine_grid²], C): a global average token, the pooled patch
+    grid, then (with `fine_grid`) the grid pooled to fine_grid × fine_grid (the tower's own grid when
+    that is its size: EfficientNet's 7×7)."""
     glob = grid.mean(dim=(2, 3)).unsqueeze(1)
     local = F.adaptive_avg_pool2d(grid, pool_grid).flatten(2).transpose(1, 2)
-    return torch.cat([glob, local], dim=1)
+    if fine_grid is None:
+        return torch.cat([glob, local], dim=1)
+    fine = grid if grid.shape[-2:] == (fine_grid, fine_grid) else F.adaptive_avg_pool2d(grid, fine_grid)
+    return torch.cat([glob, local, fine.flatten(2).transpose(1, 2)], dim=1)
+
+
+def cell_mask(pool_grid: int, fine_grid: int) -> torch.Tensor:
+    """(1 + pool_grid², fine_grid²) bool: which fine patches lie in each visual token's region (the
+    bins of adaptive average pooling from fine_grid to pool_grid); the global token sees them all."""
+    def bins(i: int) -> range:
+        return range(i * fine_grid // pool_grid, -(-(i + 1) * fine_grid // pool_grid))
+
+    mask = torch.zeros(1 + pool_grid**2, fine_grid**2, dtype=torch.bool)
+    mask[0] = True
+    for r in range(pool_grid):
+        for c in range(pool_grid):
+            for fr in bins(r):
+                mask[1 + r * pool_grid + c, [fr * fine_grid + fc for fc in bins(c)]] = True
+    return mask
