@@ -109,8 +109,43 @@ class RolloutConfig:
     )
     grpo_weight: float = opt(0.5, "lambda: weight of the GRPO loss next to InfoNCE.")
     clip_eps: float = opt(0.2, "GRPO ratio clip.")
-    kl_coef: float = opt(0.04, "GRPO KL coefficient to the reference policy (adapters off).")
-    format_weight: float = opt(0.1, "Size of the format/length reward (+/-).")
+    kl_coef: float = opt(
+        0.04,
+        "GRPO KL coefficient to the reference policy: the policy the run started from (after "
+        "train.init_from, that model). 0 skips the reference pass entirely.",
+    )
+    format_weight: float = opt(
+        0.1, "Format penalty: a broken trace (length, title copied or repeated, repetition) gets "
+        "-format_weight, a well-formed one 0."
+    )
+    grpo_epochs: int = opt(1, "Passes of GRPO over each rollout batch (PPO epochs).")
+    grpo_minibatches: int = opt(
+        2, "Mini-batches (of products) per GRPO epoch, one optimizer step each: with more than one "
+        "step per rollout batch the ratio to the sampling policy moves and the clip acts."
+    )
+    embed_trace: str = opt(
+        "greedy",
+        "The trace a product is embedded with in training (rewards still score all G samples): "
+        "greedy (generate_reasoning, as evaluation, the index and serving make it) or first "
+        "(the group's first sample, no extra generation). Never chosen by looking at queries.",
+    )
+    attribute_queries: bool = opt(
+        True, "Add a beyond-the-title query per product to the reward (season, usage, and "
+        "colour/gender/type where the title omits them), so what the trace says moves the score."
+    )
+    bank_size: int = opt(
+        256, "Catalog products (train split) in the reward's hard-negative bank (0: batch only)."
+    )
+    bank_refresh: int = opt(50, "Re-embed the bank under the current model every N steps.")
+    bank_neighbours: int = opt(
+        8, "Nearest bank neighbours (FAISS, trace-free embeddings) added per product as reward candidates."
+    )
+    bank_same_category: int = opt(4, "Same-article-type bank products added per product as reward candidates.")
+    sft_steps: int = opt(
+        0, "Cold start: the first N steps train the reasoning LM on attribute-grounded rationales "
+        "rendered from the catalog fields (CoT-SFT, next to InfoNCE) before GRPO starts."
+    )
+    sft_weight: float = opt(1.0, "Weight of the rationale LM loss during the SFT steps.")
 
     def validate(self) -> None:
         if self.engine not in ("vllm", "torch"):
@@ -130,3 +165,13 @@ class RolloutConfig:
             raise ConfigError(f"rollout.stale_policy: expected weight or drop, got {self.stale_policy!r}")
         if self.group_size < 2:
             raise ConfigError("rollout.group_size must be >= 2 (GRPO normalises within the group)")
+        if self.embed_trace not in ("greedy", "first"):
+            raise ConfigError(f"rollout.embed_trace: expected greedy or first, got {self.embed_trace!r}")
+        for name in ("grpo_epochs", "grpo_minibatches", "bank_refresh"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"rollout.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("bank_size", "bank_neighbours", "bank_same_category", "sft_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"rollout.{name} must be >= 0, got {getattr(self, name)}")
+        if self.kl_coef < 0:
+            raise ConfigError(f"rollout.kl_coef must be >= 0, got {self.kl_coef}")

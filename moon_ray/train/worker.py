@@ -21,10 +21,11 @@ from moon_ray.infrastructure.timing import PhaseTimer, Stopwatch
 from moon_ray.models.temperature import Temperature
 from moon_ray.models.trainable import load_trainable, unwrap
 from moon_ray.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from moon_ray.train.joint import rollout_side
+from moon_ray.train.joint import merge_pass_metrics, rollout_side
 from moon_ray.train.task import make_batch
 
-BATCH_COLUMNS = ["id", "title", "image", "gender", "colour", "article_type", "brand"]
+# season, usage, material: read by joint training only (rationales, beyond-the-title reward queries)
+BATCH_COLUMNS = ["id", "title", "image", "gender", "colour", "article_type", "brand", "season", "usage", "material"]
 
 
 def lr_lambda(warmup: int, total: int, floor: float = 0.1):
@@ -73,16 +74,23 @@ def train_step(step_module, optimizer, scheduler, batch, cfg: Config, *extra, ti
     if extra:
         with timer("reward"), inner.model.compute_weights():
             extra = inner.prepare(batch, *extra)
+    passes = inner.update_passes(*extra) if hasattr(inner, "update_passes") else 1  # GRPO: several per batch
     with timer("update"):
-        with inner.model.compute_weights():
-            losses, metrics = step_module(batch, *extra)
-            total = sum(v for k, v in losses.items() if k.endswith("_loss"))
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-        if cfg.train.grad_clip > 0:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
-        optimizer.step()
+        per_pass = []
+        for part in range(passes):
+            with inner.model.compute_weights():
+                losses_k, metrics = step_module(batch, *extra, *((part,) if part else ()))
+                total_k = sum(v for k, v in losses_k.items() if k.endswith("_loss"))
+                optimizer.zero_grad(set_to_none=True)
+                total_k.backward()
+            if cfg.train.grad_clip > 0:
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
+            optimizer.step()
+            per_pass.append(metrics)
+            if part == 0:
+                losses, total = losses_k, total_k
+        metrics = merge_pass_metrics(per_pass) if passes > 1 else per_pass[0]
         scheduler.step()
     out = {k: float(v.detach()) for k, v in losses.items()}
     out["loss"] = float(total.detach())
@@ -119,7 +127,7 @@ def train_loop_per_worker(config: dict) -> None:
         for rows in shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", drop_last=True,
                                        local_shuffle_buffer_size=4 * cfg.train.batch_size):
             batch, timer = make_batch(rows, rng, cfg.model.vision.image_size), PhaseTimer()
-            extra = rollouts.generate(model, batch, step, timer)
+            extra = rollouts.generate(model, batch, step, timer, rows)
             metrics = train_step(step_module, optimizer, scheduler, batch, cfg, *extra, timer=timer)
             step += 1
             metrics |= rollouts.after_step(model, step, timer)
