@@ -20,6 +20,13 @@ A held-out wording takes a template the sampler cannot produce (another word ord
 (p = 0.5) and, for `TYPO_RATE` of the queries, one typo. Drawn from blake2b(seed:key), so a query gets
 the same wording on every run. The result never equals a training wording of a relevant product, even
 ignoring case and punctuation (`same_words`): a template that would is skipped for the next one.
+
+Attribute texts for training's image ↔ attribute alignment (`attribute_wording`, `train.attr_weight`)
+name one attribute or a combination, either in the plain template above (a training wording already)
+or in an `ATTRIBUTE_TEMPLATES` wording. Every such template carries a word of `ATTRIBUTE_MARKERS`
+("photo", "item", …), which neither the held-out TEMPLATES, their gender words and synonyms, nor the
+catalog's gender / colour / article-type values contain (a test checks it on the catalog), so a
+held-out evaluation wording can never equal one of them, and the held-out wordings stay as they were.
 """
 
 from __future__ import annotations
@@ -69,6 +76,43 @@ COLOUR_SYNONYMS = {
     "olive": ("olive green",), "magenta": ("fuchsia",), "lavender": ("light purple",),
     "fluorescent green": ("neon green",), "skin": ("skin tone",), "coffee brown": ("coffee",),
 }
+
+
+ATTRIBUTE_MARKERS = frozenset({"a", "an", "of", "photo", "picture", "item", "product", "with"})
+ATTRIBUTE_TEMPLATES: dict[tuple[str, ...], tuple[str, ...]] = {  # by the fields named (training order)
+    ("colour",): ("a {colour} item", "an item in {colour}", "a photo of something {colour}",
+                  "a product with the colour {colour}"),
+    ("gender",): ("an item for {gender}", "a product made for {gender}", "a photo of a {gender} product"),
+    ("article_type",): ("a photo of a {type}", "a {type}", "a picture of {type}", "an item of type {type}"),
+}
+COMBINATION_TEMPLATES = ("a photo of a {phrase}", "a {phrase}", "a picture of {phrase}", "an item: {phrase}")
+COLOUR_TYPE_TEMPLATES = ("a {type} with the colour {colour}", "a photo of a {type} in {colour}")
+PLAIN_P = 0.4  # share of attribute texts in the plain training template
+
+
+def attribute_wordings(values: dict[str, str]) -> list[str]:
+    """Every training wording of the named attributes (field -> value, fields of TRAINING_QUERY_FIELDS):
+    the plain template first, then the marker templates. Also the texts `attribute_wording` draws from."""
+    names = tuple(f for f in TRAINING_QUERY_FIELDS if values.get(f))
+    if not names:
+        raise ValueError("attribute_wordings needs at least one attribute value")
+    plain = " ".join(str(values[f]) for f in names)
+    slots = {"colour": values.get("colour"), "gender": values.get("gender"), "type": values.get("article_type"),
+             "phrase": plain}
+    templates = list(ATTRIBUTE_TEMPLATES.get(names, COMBINATION_TEMPLATES if len(names) > 1 else ()))
+    if len(names) > 1 and "colour" in names and "article_type" in names:
+        rest = [f for f in names if f not in ("colour", "article_type")]
+        slots["type"] = " ".join([*(str(values[f]) for f in rest), str(values["article_type"])])
+        templates += COLOUR_TYPE_TEMPLATES
+    return [plain, *(t.format(**slots) for t in templates)]
+
+
+def attribute_wording(values: dict[str, str], rng: random.Random) -> str:
+    """One training text of the named attributes: the plain template (p = PLAIN_P) or a marker
+    template; lowercased with p = 0.3 (case never makes a wording new: `same_words` ignores it)."""
+    options = attribute_wordings(values)
+    text = options[0] if len(options) == 1 or rng.random() < PLAIN_P else rng.choice(options[1:])
+    return text.lower() if rng.random() < 0.3 else text
 
 
 def same_words(text: str) -> str:

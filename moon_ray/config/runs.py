@@ -48,6 +48,27 @@ class TrainConfig:
     align_weight: float = opt(
         0.5, "Weight of intra-product image<->title InfoNCE (0 skips its forward pass)."
     )
+    attr_weight: float = opt(
+        0.0,
+        "Weight of image<->attribute-text InfoNCE: per product one text naming one attribute or a "
+        "combination (gender, colour, article type, brand) in one of several training wordings "
+        "(catalog/wording.py; never a held-out eval wording), both directions against the "
+        "products' image-only and multimodal embeddings, multi-positive (every product with those "
+        "attributes). 0: off, no extra pass. Off by default: no gain measured on val yet.",
+    )
+    title_image_weight: float = opt(
+        0.0,
+        "Weight of title->image-only InfoNCE (KAGL's text-to-image, trained explicitly: the title "
+        "as a query against the products' image-only embeddings, and back; identical titles are "
+        "positives). 0: off. Off by default: no gain measured on val yet.",
+    )
+    shop_view_p: float = opt(
+        0.0,
+        "Share of image-query views made as shops serve images (train/augment.py shop_view: "
+        "reframed, padded onto plain/gradient/texture backgrounds, stored at 60x80 to 180x240 and "
+        "scaled back up) instead of the shopper-photo augmentation. 0: off (default; no gain "
+        "measured on val yet).",
+    )
     checkpoint_every: int = opt(60, "Save a checkpoint every N steps (and at the end).")
     keep_checkpoints: int = opt(2, "Checkpoints kept by Ray Train.")
     resume: bool = opt(True, "Resume from the latest checkpoint in output_dir when there is one.")
@@ -74,6 +95,11 @@ class TrainConfig:
     def validate(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"train.precision: expected auto, bf16 or fp32, got {self.precision!r}")
+        for name in ("attr_weight", "title_image_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if not 0.0 <= self.shop_view_p <= 1.0:
+            raise ConfigError(f"train.shop_view_p must be between 0 and 1, got {self.shop_view_p}")
 
 
 # ------------------------------------------------------------------------------------------ rollout

@@ -3,6 +3,17 @@
 `make_batch` turns a batch of catalog rows into model inputs (queries built per batch: a text query
 from a random subset of the attributes, an augmented image view, image + short attribute phrase);
 `training_forward` returns `(losses, metrics)`; the total loss is the sum of the `*_loss` entries.
+
+Optional terms (all off by default; no gain measured on val yet), drawn from the batch's own seed:
+
+- `train.shop_view_p`: that share of the image-query views is a `shop_view` (60×80 up to 180×240,
+  reframed, padded onto new backgrounds) instead of the shopper-photo `augment`;
+- `train.attr_weight` (`attr_loss`): per product one attribute text (one attribute or a combination,
+  in a training wording of catalog/wording.py, never a held-out one) against the products'
+  image-only and multimodal embeddings, both directions, multi-positive: every product with the
+  attributes the text names;
+- `train.title_image_weight` (`title_image_loss`): the title as a query (KAGL's text → image) against
+  the products' image-only embeddings, and back; positives: products with the same title.
 """
 
 from __future__ import annotations
@@ -15,16 +26,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from moon_ray.catalog.wording import attribute_wording
 from moon_ray.config import Config
 from moon_ray.losses.contrastive import (
     gather_no_grad,
     gather_with_grad,
     identity_positives,
+    key_positives,
     matryoshka_info_nce,
     symmetric_info_nce,
 )
 from moon_ray.models.temperature import Temperature
-from moon_ray.train.augment import augment
+from moon_ray.train.augment import augment, shop_view
 
 ATTRS = ("gender", "colour", "article_type", "brand")
 # probability that a text query names each attribute (article type always)
@@ -33,6 +46,9 @@ QUERY_ATTR_PROB = {"gender": 0.8, "colour": 0.8, "article_type": 1.0, "brand": 0
 # whose positives are every in-batch product with that value, as a zero-shot label prompt expects
 SINGLE_ATTR_QUERY_P = 0.2
 SINGLE_ATTRS = ("colour", "article_type", "gender")
+# attribute texts of the alignment loss: share naming one attribute; else article type plus each of these
+ATTR_SINGLE_P = 0.5
+ATTR_COMBINE_P = {"brand": 0.15, "gender": 0.6, "colour": 0.7}
 
 
 @dataclass
@@ -44,6 +60,8 @@ class TrainBatch:
     phrases: list[str]  # short attribute phrase for image+text queries
     attr_ids: torch.Tensor  # (B, 4) int64 hashes of gender, colour, article_type, brand
     query_attrs: torch.Tensor  # (B, 4) bool: attributes the text query names
+    attrs: list[dict[str, str]] | None = None  # per product: its non-empty ATTRS values
+    seed: int = 0  # for what training_forward draws by config (shop views, attribute texts)
 
 
 def attr_hash(value) -> int:
@@ -75,6 +93,8 @@ def make_batch(rows: dict[str, np.ndarray], rng: random.Random, image_size: int)
         phrases=phrases,
         attr_ids=torch.tensor([[attr_hash(rows[a][i]) for a in ATTRS] for i in range(n)], dtype=torch.long),
         query_attrs=torch.tensor(used, dtype=torch.bool),
+        attrs=[{a: str(rows[a][i]) for a in ATTRS if rows[a][i]} for i in range(n)],
+        seed=rng.getrandbits(62),
     )
 
 
@@ -84,16 +104,47 @@ def text_positives(q_ids: torch.Tensor, q_used: torch.Tensor, c_ids: torch.Tenso
     return match.all(-1)
 
 
+def attribute_texts(batch: TrainBatch, rng: random.Random) -> tuple[list[str], torch.Tensor]:
+    """One attribute text per product and (B, 4) bool: the ATTRS it names. A single attribute (p =
+    ATTR_SINGLE_P) or the article type with others (ATTR_COMBINE_P each), so every combination's plain
+    wording is a training wording; a product without attributes gets its title and names none."""
+    texts, named = [], []
+    for values, title in zip(batch.attrs, batch.titles, strict=True):
+        single = [a for a in SINGLE_ATTRS if a in values]
+        if not values:
+            names = []
+        elif single and ("article_type" not in values or rng.random() < ATTR_SINGLE_P):
+            names = [rng.choice(single)]
+        else:
+            names = [a for a in ("brand", "gender", "colour") if a in values and rng.random() < ATTR_COMBINE_P[a]]
+            names.append("article_type")
+        texts.append(attribute_wording({a: values[a] for a in names}, rng) if names else title)
+        named.append([a in names for a in ATTRS])
+    return texts, torch.tensor(named, dtype=torch.bool).reshape(len(texts), len(ATTRS))
+
+
+def query_views(batch: TrainBatch, share: float, size: int) -> list:
+    """The image-query views: `share` of them (drawn from the batch seed) replaced by a `shop_view`."""
+    if share <= 0:
+        return batch.views
+    rng = random.Random(batch.seed + 1)
+    return [shop_view(im, rng, size) if rng.random() < share else v
+            for im, v in zip(batch.images, batch.views, strict=True)]
+
+
 def training_forward(model: nn.Module, temperature: Temperature, batch: TrainBatch, cfg: Config,
                      reasoning: list[str] | None = None) -> tuple[dict, dict]:
     """Embeds products (with their reasoning traces when given) and queries, gathers candidates
     across ranks, returns (losses, metrics)."""
     t, dims = cfg.train, cfg.model.matryoshka
-    pixels, views = model.pixels(batch.images), model.pixels(batch.views)
+    pixels = model.pixels(batch.images)
+    views = model.pixels(query_views(batch, t.shop_view_p, cfg.model.vision.image_size))
     # the augmented views feed the image and the image+text queries: run the tower over them once
     needs_views = t.image_weight > 0 or t.align_weight > 0 or t.multimodal_weight > 0
     view_feats = model.visual_features(views) if needs_views else None
-    prod = model(pixels=pixels, texts=batch.titles, reasoning=reasoning, modality="multimodal")
+    aligned = t.attr_weight > 0 or t.title_image_weight > 0  # these also embed the product image alone
+    prod_feats = model.visual_features(pixels) if aligned else None
+    prod = model(pixels=pixels, features=prod_feats, texts=batch.titles, reasoning=reasoning, modality="multimodal")
     cand = gather_with_grad(prod.raw)
     c_ids = gather_no_grad(batch.attr_ids.to(cand.device))
     b = prod.raw.shape[0]
@@ -126,11 +177,54 @@ def training_forward(model: nn.Module, temperature: Temperature, batch: TrainBat
         title = model(texts=batch.titles, modality="text")
         losses["align_loss"] = t.align_weight * symmetric_info_nce(img_q.embedding, title.embedding, tau)
         aux.append(title.aux_loss)
+    if aligned:
+        terms, extra, more_aux = alignment_terms(model, batch, cfg, cand, prod_feats, c_ids, own, tau)
+        losses |= terms
+        metrics |= extra
+        aux += more_aux
     if cfg.model.moe:
         losses["moe_loss"] = cfg.model.moe_aux_weight * torch.stack(aux).mean()
     metrics["temperature"] = float(tau.detach())
     metrics["candidates"] = cand.shape[0]
     return losses, metrics
+
+
+def alignment_terms(model: nn.Module, batch: TrainBatch, cfg: Config, cand: torch.Tensor, prod_feats: torch.Tensor,
+                    c_ids: torch.Tensor, own: torch.Tensor, tau: torch.Tensor) -> tuple[dict, dict, list]:
+    """attr_loss and title_image_loss (see the module docstring) against the products' image-only
+    embeddings (from `prod_feats`, gathered across ranks) and multimodal ones (`cand`, gathered).
+    own (b, N): each local product's column among the gathered ones."""
+    t = cfg.train
+
+    def nce(q: torch.Tensor, c: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return matryoshka_info_nce(q, c, cfg.model.matryoshka, positives=pos, temperature=tau)
+
+    img = model(features=prod_feats, modality="image", is_query=True)
+    img_all = gather_with_grad(img.raw)
+    losses, metrics, aux = {}, {}, [img.aux_loss]
+    if t.title_image_weight > 0:
+        title = model(texts=batch.titles, modality="text", is_query=True)
+        keys = torch.tensor([attr_hash(x) for x in batch.titles], dtype=torch.long, device=cand.device)
+        pos = key_positives(keys, gather_no_grad(keys)) | own  # identical titles are one query's positives
+        losses["title_image_loss"] = t.title_image_weight * 0.5 * (
+            nce(title.raw, img_all, pos) + nce(img.raw, gather_with_grad(title.raw), pos))
+        metrics["title_image_acc"] = _top1(title.embedding, img_all, pos)
+        aux.append(title.aux_loss)
+    if t.attr_weight > 0:
+        texts, named = attribute_texts(batch, random.Random(batch.seed))
+        attr = model(texts=texts, modality="text", is_query=True)
+        ids, named = batch.attr_ids.to(cand.device), named.to(cand.device)
+        named_all = gather_no_grad(named)
+        # text -> product: the product has every attribute the text names (a text naming none: its own)
+        t2p = (text_positives(ids, named, c_ids) & named.any(-1, keepdim=True)) | own
+        p2t = (text_positives(gather_no_grad(ids), named_all, ids).T & named_all.any(-1)) | own
+        attr_all = gather_with_grad(attr.raw)
+        terms = [nce(attr.raw, img_all, t2p), nce(attr.raw, cand, t2p), nce(img.raw, attr_all, p2t),
+                 nce(cand[own.any(0)], attr_all, p2t)]
+        losses["attr_loss"] = t.attr_weight * torch.stack(terms).mean()
+        metrics["attr_image_acc"] = _top1(img.embedding, attr_all, p2t)  # image -> its attribute text
+        aux.append(attr.aux_loss)
+    return losses, metrics, aux
 
 
 class TrainingModule(nn.Module):
