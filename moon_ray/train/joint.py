@@ -41,7 +41,7 @@ from moon_ray.rewards import broken_reason, contrastive_reward, within_group_std
 from moon_ray.rollout.base import Rollout, SamplingConfig
 from moon_ray.rollout.pool import split_evenly
 from moon_ray.train.negatives import NegativeBank
-from moon_ray.train.policy import ReferencePolicy, pack_traces, policy_logprobs
+from moon_ray.train.policy import ReferencePolicy, evaluating, pack_traces, policy_logprobs
 from moon_ray.train.sft import SftBatch, rationale_batch, sft_loss
 from moon_ray.train.task import ATTRS, TrainBatch, TrainingModule, attr_hash, text_positives, training_forward
 from moon_ray.weight_sync.transport import WeightTransport, create_transport
@@ -72,10 +72,12 @@ def generate_phase(model, pool, batch: TrainBatch, cfg: Config, trainer_version:
 
 def embed_traces(model, batch: TrainBatch, rollouts: RolloutBatch, cfg: Config) -> list[str]:
     """The trace each product is embedded with, by `rollout.embed_trace`: greedy (as evaluation, the
-    index and serving generate it: `generate_reasoning`, rollout.max_tokens) or the group's first sample."""
+    index and serving generate it: `generate_reasoning` in eval mode, rollout.max_tokens) or the group's
+    first sample."""
     if cfg.rollout.embed_trace == "first":
         return [group[0].text for group in rollouts.traces]
-    return generate_reasoning(model, model.pixels(batch.images), batch.titles, max_new_tokens=cfg.rollout.max_tokens)
+    with torch.no_grad(), evaluating(model):
+        return generate_reasoning(model, model.pixels(batch.images), batch.titles, max_new_tokens=cfg.rollout.max_tokens)
 
 
 @dataclass
@@ -315,7 +317,7 @@ class RolloutSide:
             rollouts = generate_phase(model, self.pool, batch, self.cfg, step, seed=seed)
             rollouts.fields = fields
             rollouts.ids = [str(i) for i in rows["id"]] if rows is not None and "id" in rows else None
-            with torch.no_grad(), model.compute_weights():
+            with model.compute_weights():
                 rollouts.embed_traces = embed_traces(model, batch, rollouts, self.cfg)
         if self.reference is not None:
             with timer("ref"):
@@ -325,7 +327,7 @@ class RolloutSide:
                                                             r.group_size)
         if self.bank is not None:
             if self.bank.due(step):
-                with timer("bank"), torch.no_grad(), model.compute_weights():
+                with timer("bank"), torch.no_grad(), evaluating(model), model.compute_weights():
                     self.bank.refresh(model, step)
             rollouts.bank = self.bank
         return (rollouts,)

@@ -69,6 +69,18 @@ def policy_logprobs(model, pixels: torch.Tensor, titles: Sequence[str], ids: tor
                           ids, mask)
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """The model in eval mode inside the block (no dropout: the trace evaluation would generate, the
+    same numbers from the same weights), its previous mode restored after."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
 class ReferencePolicy:
     """Frozen copies of the trainable weights the run started from."""
 
@@ -130,10 +142,5 @@ class ReferencePolicy:
                  group: int) -> torch.Tensor:
         """Log-probs (B·group, T) of the traces under the reference (prompts made by it too), in eval
         mode: no dropout, so the same weights give the same numbers."""
-        was = model.training
-        model.eval()
-        try:
-            with self.swapped(model), model.compute_weights():
-                return policy_logprobs(model, pixels, titles, ids, mask, group)
-        finally:
-            model.train(was)
+        with evaluating(model), self.swapped(model), model.compute_weights():
+            return policy_logprobs(model, pixels, titles, ids, mask, group)

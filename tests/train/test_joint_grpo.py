@@ -182,9 +182,11 @@ def test_product_is_embedded_with_its_embed_trace_not_the_best_rewarded(lm_dir, 
     rollouts.embed_traces = joint.embed_traces(model, batch, rollouts, cfg)  # greedy, as evaluation makes them
     from moon_ray.models.reasoning import generate_reasoning
 
+    model.eval()  # as evaluation generates: no dropout
     with torch.no_grad():
         greedy = generate_reasoning(model, model.pixels(batch.images), batch.titles, max_new_tokens=6)
-    assert rollouts.embed_traces == greedy
+    model.train()
+    assert rollouts.embed_traces == greedy and model.training
     seen = []
     real = joint.training_forward
     monkeypatch.setattr(joint, "training_forward", lambda *a, reasoning=None, **k: seen.append(reasoning) or real(*a, reasoning=reasoning, **k))
