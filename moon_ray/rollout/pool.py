@@ -1,22 +1,39 @@
-"""The rollout pool: N rollout actors, sized independently of the trainers.
+"""The rollout pool: N rollout actors, sized independently of the trainers, resizable while a job runs.
 
-    pool = RolloutPool.options(name="rollout-pool").remote(engine="vllm", engine_kwargs={...},
-                                                           num_workers=2, cpus_per_worker=0.5)
+    pool = RolloutPool.options(name=pool_name(...)).remote(engine="vllm", engine_kwargs={...},
+                                                          num_workers=2, cpus_per_worker=0.5)
     groups = ray.get(pool.generate.remote(prompts, SamplingConfig(n=4)))
     create_transport("object_store").sync_model(lm, pool, version=3)          # one put, every actor pulls
-    ray.get(pool.resize.remote(4))                                           # grow or shrink mid-run
+    ray.get(pool.scale.remote(4))                                             # grow or shrink mid-run
 
-Prompts are split evenly across the actors (contiguous chunks, sizes differing by at most one). An
-actor that dies is replaced, given the latest weights, and its chunk is retried once.
+Prompts are split evenly across the actors (contiguous chunks, sizes differing by at most one), one
+chunk per actor in flight. A chunk whose actor dies is re-queued: the pool starts a replacement
+(at most `max_restarts` over its life), gives it the current weights, and hands it the chunk; a chunk
+whose actor was removed by a scale-down goes to a surviving actor. A call to `generate` so returns
+every group, or raises when the restart budget is spent.
 
 Weights arrive through a transport (moon_ray/weight_sync/transport.py): an object-store `Payload`
-comes to the pool's `update_weights`, which hands it to every actor and keeps it for actors that join
-later; a collective transport broadcasts to the actors (`worker_handles`) directly.
+comes to the pool's `update_weights`, which hands it to every actor and keeps it; an actor that joins
+later (scale up, replacement) loads it before it is given any prompt. Membership changes and weight
+deliveries take one lock, so a joining actor never misses an update that races with its start. A
+collective transport broadcasts to the actors (`worker_handles`) directly: an actor that joins between
+two such syncs holds the base weights until the next one (its rollouts carry the old version).
+
+`scale(n)` refuses (and changes nothing) for n < 1 or more actors than the cluster's alive nodes can
+hold at the pool's per-actor resources, and it is all or nothing: actors that cannot be placed within
+`start_timeout_s` are given up and the pool keeps its size. Shrinking lets the removed actors finish
+what they were given (`__ray_terminate__` is queued behind it). Every change is printed (so it shows in
+the job's logs) and kept in `status()["events"]`.
 """
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import ray
 import torch
@@ -87,7 +104,9 @@ class RolloutWorker:
         return version
 
     def info(self) -> dict:
-        return self.engine.info()
+        import os
+
+        return self.engine.info() | {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
     def pid(self) -> int:
         import os
@@ -107,69 +126,236 @@ def split_evenly(n_items: int, n_parts: int) -> list[range]:
     return out
 
 
+def placement_limit(need: dict[str, float], nodes: list[dict]) -> int | None:
+    """How many actors needing `need` (resource -> amount) the alive `nodes` (ray.nodes()) hold in all,
+    counted node by node on their total resources; None when the actor asks for nothing."""
+    need = {k: v for k, v in need.items() if v > 0}
+    if not need:
+        return None
+    total = 0
+    for node in nodes:
+        if node.get("Alive", node.get("alive", True)):
+            have = node.get("Resources", {})
+            total += min(math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in need.items())
+    return total
+
+
+class PoolError(RuntimeError):
+    """A pool operation that cannot be done; the pool is left as it was."""
+
+
+@dataclass
+class Member:
+    handle: object
+    pid: int
+    node: str
+    version: int  # the policy version it last loaded (object store) or generated with
+    inflight: int = 0  # groups it is generating now
+    joined: float = field(default_factory=time.time)
+
+    @property
+    def key(self) -> str:
+        return self.handle._actor_id.hex()
+
+
 @ray.remote(num_cpus=0, max_concurrency=16)
 class RolloutPool:
     def __init__(self, engine: str, engine_kwargs: dict, num_workers: int, cpus_per_worker: float = 1.0,
-                 gpus_per_worker: float = 0.0, use_custom_resources: bool = False):
+                 gpus_per_worker: float = 0.0, use_custom_resources: bool = False, max_restarts: int = 3,
+                 start_timeout_s: float = 600.0):
+        if num_workers < 1:
+            raise PoolError(f"a rollout pool needs at least one actor, got num_workers={num_workers}")
         self.engine, self.engine_kwargs = engine, engine_kwargs
         self.options = dict(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                             resources=resources.request(resources.ROLLOUT, use_custom_resources))
+        self.max_restarts, self.start_timeout_s = max_restarts, start_timeout_s
         self.transport = ObjectStoreTransport()
         self.latest: Payload | None = None  # the last object-store payload, for actors that join later
         self.version = 0
-        self.restarts = 0
-        self.actors = [self._spawn() for _ in range(num_workers)]
-        ray.get([a.info.remote() for a in self.actors])  # wait until every engine is up
+        self.restarts = self.requeued_groups = self.generated_groups = 0
+        self.events: list[dict] = []
+        self._lock = threading.RLock()  # membership and weight delivery
+        self._counts = threading.Lock()  # the counters generate keeps (status reads them)
+        self._successors: dict[str, Future] = {}  # dead actor -> its replacement (made once)
+        self.members: list[Member] = []
+        self._join(self._start(num_workers))
+        self._event("start", workers=num_workers)
 
-    def _spawn(self):
-        actor = ray.remote(RolloutWorker).options(**self.options).remote(self.engine, self.engine_kwargs)
-        if self.latest is not None:
-            self.transport.deliver(self.latest, [actor], self.version)
-        return actor
+    # ------------------------------------------------------------------------------ membership
+    def _start(self, count: int) -> list:
+        """`count` new actors, each up (engine loaded) within start_timeout_s; all given up otherwise."""
+        actors = [ray.remote(RolloutWorker).options(**self.options).remote(self.engine, self.engine_kwargs)
+                  for _ in range(count)]
+        infos = [a.info.remote() for a in actors]
+        ready, _ = ray.wait(infos, num_returns=len(infos), timeout=self.start_timeout_s)
+        if len(ready) < len(infos):
+            for a in actors:
+                ray.kill(a)
+            free = {k: round(v, 2) for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+            raise PoolError(f"{len(infos) - len(ready)} of {count} new rollout actors were not placed and started "
+                            f"within rollout.start_timeout_s={self.start_timeout_s:g} s (each needs "
+                            f"{self._need()}; free in the cluster now: {free}); the pool keeps "
+                            f"{len(self.members)} actors")
+        try:
+            return list(zip(actors, ray.get(infos), strict=True))
+        except ray.exceptions.RayError:
+            for a in actors:
+                ray.kill(a)
+            raise
 
-    def generate(self, prompts: Sequence[torch.Tensor], sampling: SamplingConfig) -> list[list[Rollout]]:
-        actors = list(self.actors)
-        parts = split_evenly(len(prompts), len(actors))
-        futures = [actors[i].generate.remote([prompts[j] for j in r], sampling) for i, r in enumerate(parts)]
-        out: list[list[Rollout]] = []
-        for i, (r, fut) in enumerate(zip(parts, futures, strict=True)):
-            try:
-                out.extend(ray.get(fut))
-            except ray.exceptions.RayActorError:
-                replacement = self._replace(actors[i])
-                out.extend(ray.get(replacement.generate.remote([prompts[j] for j in r], sampling)))
-        return out
+    def _join(self, started: list) -> list[Member]:
+        """Give new actors the current weights, then make them members (one lock: no update is missed)."""
+        with self._lock:
+            if self.latest is not None:
+                self.transport.deliver(self.latest, [a for a, _ in started], self.version)
+            joined = [Member(a, info["pid"], info["node"], self.version if self.latest is not None else info["version"])
+                      for a, info in started]
+            self.members.extend(joined)
+        return joined
 
-    def _replace(self, dead):
-        self.restarts += 1
-        fresh = self._spawn()
-        self.actors = [fresh if a == dead else a for a in self.actors]
+    def _need(self) -> dict[str, float]:
+        return {"CPU": self.options["num_cpus"], "GPU": self.options["num_gpus"], **self.options["resources"]}
+
+    def _event(self, what: str, **details) -> None:
+        self.events.append({"t": round(time.time(), 3), "event": what, **details})
+        print(f"[rollout pool] {what}: " + ", ".join(f"{k}={v}" for k, v in details.items()), flush=True)
+
+    def _member(self, key: str) -> Member | None:
+        return next((m for m in self.members if m.key == key), None)
+
+    def _replacement(self, dead: Member) -> Member:
+        """The member that takes a dead one's place: started once, even when several calls saw it die."""
+        with self._lock:
+            future = self._successors.get(dead.key)
+            mine = future is None
+            if mine:
+                if self.restarts >= self.max_restarts:
+                    raise PoolError(f"rollout actor pid {dead.pid} died and the restart budget "
+                                    f"(rollout.max_restarts={self.max_restarts}) is spent")
+                self.restarts += 1
+                future = self._successors[dead.key] = Future()
+        if not mine:
+            return future.result()
+        ray.kill(dead.handle)  # dead or unreachable: it must not come back beside its replacement
+        try:
+            (fresh,) = self._join(self._start(1))
+        except BaseException as e:
+            future.set_exception(e)
+            raise
+        with self._lock:
+            self.members = [m for m in self.members if m.key != dead.key]
+        self._event("restart", dead_pid=dead.pid, new_pid=fresh.pid, version=fresh.version,
+                    restarts=f"{self.restarts}/{self.max_restarts}")
+        future.set_result(fresh)
         return fresh
 
+    # ------------------------------------------------------------------------------ generation
+    def generate(self, prompts: Sequence[torch.Tensor], sampling: SamplingConfig) -> list[list[Rollout]]:
+        with self._lock:
+            members = list(self.members)
+        parts = split_evenly(len(prompts), len(members))
+        results: dict[int, list] = {}
+        pending: dict = {}
+
+        def submit(i: int, member: Member) -> None:
+            with self._counts:
+                member.inflight += len(parts[i])
+            ref = member.handle.generate.remote([prompts[j] for j in parts[i]], sampling)
+            pending[ref] = (i, member)
+
+        for i, member in enumerate(members[: len(parts)]):
+            submit(i, member)
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            i, member = pending.pop(ref)
+            with self._counts:
+                member.inflight -= len(parts[i])
+            try:
+                results[i] = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                with self._counts:
+                    self.requeued_groups += len(parts[i])
+                submit(i, self._successor_of(member))
+                continue
+            member.version = max([member.version, *(r.version for g in results[i] for r in g)])
+        with self._counts:
+            self.generated_groups += len(prompts)
+        return [group for i in range(len(parts)) for group in results[i]]
+
+    def _successor_of(self, gone: Member) -> Member:
+        """Where a chunk goes when its actor is gone: a replacement for a dead member, or the least busy
+        member when a scale-down removed it."""
+        with self._lock:
+            removed = self._member(gone.key) is None and gone.key not in self._successors
+            survivors = list(self.members)
+        if removed and survivors:
+            return min(survivors, key=lambda m: m.inflight)
+        return self._replacement(gone)
+
+    # ------------------------------------------------------------------------------ weights
     def update_weights(self, payload: Payload, version: int) -> dict:
-        """Every actor pulls the payload (put once by the sender) and loads it; kept for new actors."""
+        """Every actor pulls the payload (put once by the sender) and loads it; kept for new actors. An actor
+        found dead here is replaced (the replacement loads the payload as it joins)."""
         with timed("sync_s") as phase:
-            self.latest, self.version = payload, version
-            self.transport.deliver(payload, self.actors, version)
-        return {"sync_s": phase.seconds, "actors": len(self.actors), "version": version}
+            with self._lock:
+                self.latest, self.version = payload, version
+                members = list(self.members)
+                refs = [m.handle.update_weights.remote(payload, version) for m in members]
+                dead = []
+                for m, ref in zip(members, refs, strict=True):
+                    try:
+                        m.version = ray.get(ref)
+                    except ray.exceptions.RayActorError:
+                        dead.append(m)
+            for m in dead:
+                self._replacement(m)
+        return {"sync_s": phase.seconds, "actors": len(self.members), "version": version}
+
+    # ------------------------------------------------------------------------------ size
+    def placement_limit(self) -> int | None:
+        return placement_limit(self._need(), ray.nodes())
+
+    def scale(self, num_workers: int) -> dict:
+        """Grow or shrink to `num_workers`; {"workers", "before", "limit"}; PoolError (nothing changed) for a
+        size below 1, above what the cluster can hold, or new actors that cannot be started in time."""
+        limit = self.placement_limit()
+        if num_workers < 1:
+            raise PoolError(f"a rollout pool needs at least 1 actor; asked for {num_workers} (the pool keeps "
+                            f"{len(self.members)})")
+        if limit is not None and num_workers > limit:
+            raise PoolError(f"the cluster can place at most {limit} rollout actors ({self._need()} each, counted on "
+                            f"the {len([n for n in ray.nodes() if n.get('Alive')])} alive nodes' total resources); "
+                            f"asked for {num_workers}, the pool keeps {len(self.members)}")
+        before = len(self.members)
+        if num_workers > before:
+            self._join(self._start(num_workers - before))
+        elif num_workers < before:
+            with self._lock:
+                self.members, removed = self.members[:num_workers], self.members[num_workers:]
+            for m in removed:  # runs after whatever it was given: in-flight chunks finish
+                m.handle.__ray_terminate__.remote()
+        if num_workers != before:
+            self._event("scale", before=before, workers=len(self.members), version=self.version)
+        return {"workers": len(self.members), "before": before, "limit": limit}
 
     def resize(self, num_workers: int) -> int:
-        if num_workers < 1:
-            raise ValueError("a rollout pool needs at least one worker")
-        while len(self.actors) < num_workers:
-            self.actors.append(self._spawn())
-        while len(self.actors) > num_workers:
-            ray.kill(self.actors.pop())
-        return len(self.actors)
+        return self.scale(num_workers)["workers"]
 
     def status(self) -> dict:
-        infos = ray.get([a.info.remote() for a in self.actors])
-        return {"workers": len(self.actors), "version": self.version, "restarts": self.restarts, "engines": infos}
+        """What the pool holds, from its own records (never waits on a busy actor)."""
+        with self._lock:
+            members = [{"pid": m.pid, "node": m.node, "version": m.version, "inflight_groups": m.inflight,
+                        "up_s": round(time.time() - m.joined, 1)} for m in self.members]
+        return {"workers": len(members), "version": self.version, "restarts": self.restarts,
+                "max_restarts": self.max_restarts, "requeued_groups": self.requeued_groups,
+                "generated_groups": self.generated_groups, "engine": self.engine, "resources": self._need(),
+                "placement_limit": self.placement_limit(), "actors": members, "events": self.events[-20:]}
 
     def worker_handles(self) -> list:
-        return list(self.actors)
+        return [m.handle for m in self.members]
 
     def shutdown(self) -> None:
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
+        with self._lock:
+            for m in self.members:
+                ray.kill(m.handle)
+            self.members = []

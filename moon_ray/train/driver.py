@@ -75,7 +75,7 @@ def run_train(cfg: Config) -> dict:
     # val split, rank 0 writes best/ and TensorBoard events)
     cfg = with_absolute_paths(cfg, ["data.output_dir", "train.output_dir"])
     init_ray(cfg.ray)
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     clock = Stopwatch()
@@ -92,6 +92,7 @@ def run_train(cfg: Config) -> dict:
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=worker_resources),
         run_config=RunConfig(name="run", storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                              worker_runtime_env=worker_env(cfg)),
         datasets={"train": train_dataset(cfg)},
     )
@@ -101,6 +102,7 @@ def run_train(cfg: Config) -> dict:
     finally:
         if pool is not None:
             ray.get(pool.shutdown.remote())
+            ray.kill(pool)  # frees its name at once
     final = latest_checkpoint(storage)
     if final is None:
         raise RuntimeError(f"training finished without a checkpoint under {storage}")
@@ -112,7 +114,8 @@ def run_train(cfg: Config) -> dict:
     summary = {"steps": cfg.train.steps, "resumed_from_step": start, "init_from": cfg.train.init_from,
                "checkpoint": str(final), "export": str(export), "selected": best[1] if best else None,
                "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
-               "history": ray.get(progress.history.remote()), "seconds": round(clock.elapsed(), 1)}
+               "history": ray.get(progress.history.remote()), "seconds": round(clock.elapsed(), 1),
+               "trainer_restarts": ray.get(progress.restarts.remote())}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -120,7 +123,7 @@ def run_train(cfg: Config) -> dict:
 def start_rollout_pool(cfg: Config):
     """The rollout actors (vLLM or torch engine) on the full base LM; trainers push weights to them."""
     from moon_ray.models.weights import smollm2_dir
-    from moon_ray.rollout.pool import RolloutPool
+    from moon_ray.rollout.control import create_pool, pool_name, run_key
 
     r = cfg.rollout
     model_dir = cfg.model.lm.path or str(smollm2_dir())
@@ -130,8 +133,11 @@ def start_rollout_pool(cfg: Config):
         kwargs["lora"] = {"r": lora.r, "alpha": lora.alpha, "targets": list(lora.targets)}
     if r.engine == "vllm":
         kwargs.update(max_model_len=r.max_model_len, seed=cfg.train.seed)
-    return RolloutPool.options(name=None).remote(r.engine, kwargs, r.num_workers, r.cpus_per_worker,
-                                                 r.gpus_per_worker, cfg.ray.use_custom_resources)
+    key = run_key()  # a named actor of this run: `moon-ray rollout status|scale` finds it
+    pool = create_pool((r.engine, kwargs, r.num_workers, r.cpus_per_worker, r.gpus_per_worker,
+                        cfg.ray.use_custom_resources, r.max_restarts, r.start_timeout_s), {}, cfg.ray.namespace, key)
+    print(f"rollout pool {pool_name(key)} ({r.num_workers} {r.engine} actors): moon-ray rollout status {key}", flush=True)
+    return pool
 
 
 def _fit_with_progress(trainer, progress, start: int, total: int):
@@ -166,11 +172,17 @@ class ProgressActor:
     """Rank 0 pushes (step, metrics); the driver polls it for the progress bar."""
 
     def __init__(self):
-        self.step, self.metrics, self.rows = 0, {}, []
+        self.step, self.metrics, self.rows, self.restarted = 0, {}, [], 0
 
     def update(self, step: int, metrics: dict) -> None:
+        if step <= self.step:  # the worker group restarted from a checkpoint (train.max_failures)
+            self.restarted += 1
+            self.rows = [r for r in self.rows if r.get("step", 0) < step]
         self.step, self.metrics = step, metrics
         self.rows.append(metrics)
+
+    def restarts(self) -> int:
+        return self.restarted
 
     def latest(self):
         return self.step, self.metrics
