@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from moon_ray.configlib import ConfigError, opt
@@ -153,11 +154,28 @@ class ServeConfig:
     index_batch_size: int = opt(
         32, "Products per encode call when the catalog index is built (job or start)."
     )
-    reasoning_max_tokens: int = opt(48, "New tokens of a generated reasoning trace (reasoning=true).")
+    index_after_export: bool = opt(
+        True,
+        "`moon-ray train`: once the model is exported, build its catalog index beside it (<export>-index, "
+        "the serve.index_* slice and actors), so `moon-ray serve --model <export>` loads it at start.",
+    )
+    reasoning_max_tokens: int = opt(
+        48,
+        "Not read any more: a document's trace has the served model's own rollout.max_tokens, as in training "
+        "and its index. Kept so that configs (and exports) written with it still load.",
+    )
     reasoning: bool = opt(
         True,
-        "Serve reasoning=true requests (exported models) from their own deployment, "
-        "MoonReasoner; false: answer them 400.",
+        "Embed documents (input_type=document) of a model that reasons in their own deployment, "
+        "MoonReasoner (a trace is generated per product); false: no such deployment, those requests get 400.",
+    )
+    reasoning_engine: str = opt(
+        "hf",
+        "What writes a document's trace in the reasoning deployment: hf (the embedder's own LM, transformers "
+        "generate, greedy: the traces evaluation and `moon-ray index` generate), or a rollout engine over the "
+        "export's merged LM, vllm or torch (moon_ray/rollout; greedy). vLLM's traces can differ from hf's where "
+        "two tokens nearly tie: then store the catalog's with `moon-ray traces --engine vllm` before "
+        "`moon-ray index`, so that the index and the API agree.",
     )
     reasoning_replicas: int = opt(1, "Replicas of the reasoning deployment.")
     reasoning_cpus_per_replica: float = opt(
@@ -190,68 +208,39 @@ class ServeConfig:
             raise ConfigError(f"serve.index: expected flat or hnsw, got {self.index!r}")
         if self.auth not in ("auto", "required", "open"):
             raise ConfigError(f"serve.auth: expected auto, required or open, got {self.auth!r}")
-        self._validate_limits()
         if self.index_limit is not None and self.index_limit < 0:
             raise ConfigError("serve.index_limit must be >= 0 (0: no catalog index, /v1/search off)")
-        positive = (
-            "port",
-            "max_body_bytes",
-            "max_inputs",
-            "max_image_pixels",
-            "max_text_chars",
-            "max_batch_size",
-            "num_replicas",
-            "min_replicas",
-            "max_replicas",
-            "max_ongoing_requests",
-            "max_top_k",
-            "index_batch_size",
-            "reasoning_max_tokens",
-            "index_actors",
-            "reasoning_replicas",
-            "reasoning_max_inputs",
-            "reasoning_batch_size",
-            "reasoning_max_ongoing",
-            "reasoning_max_queued",
-        )
-        bad = [name for name in positive if getattr(self, name) < 1]
-        if bad:
-            raise ConfigError(f"serve.{bad[0]} must be >= 1")
+        for bound, holds, names in SERVE_BOUNDS:
+            bad = [name for name in names if not holds(getattr(self, name))]
+            if bad:
+                raise ConfigError(f"serve.{bad[0]} must be {bound}")
         if self.min_replicas > self.max_replicas:
             raise ConfigError("serve.min_replicas must be <= serve.max_replicas")
-        if self.cpus_per_replica <= 0 or self.gpus_per_replica < 0 or self.batch_wait_timeout_s < 0:
-            raise ConfigError(
-                "serve: cpus_per_replica must be > 0, gpus_per_replica and batch_wait_timeout_s >= 0"
-            )
         if not self.route_prefix.startswith("/"):
             raise ConfigError(f"serve.route_prefix must start with '/', got {self.route_prefix!r}")
-
-    def _validate_limits(self) -> None:
-        """Rates >= 0 (0: off), bursts >= 0, and an item burst that admits a request of serve.max_inputs."""
-        rates = (
-            "rate_limit_requests_per_s",
-            "rate_limit_items_per_s",
-            "rate_limit_request_burst",
-            "rate_limit_item_burst",
-            "index_gpus_per_actor",
-            "reasoning_gpus_per_replica",
-            "reasoning_batch_wait_s",
-        )
-        bad = [name for name in rates if getattr(self, name) < 0]
-        if bad:
-            raise ConfigError(f"serve.{bad[0]} must be >= 0")
-        if (
-            self.index_cpus_per_actor <= 0
-            or self.reasoning_cpus_per_replica <= 0
-            or self.reasoning_timeout_s <= 0
-        ):
-            raise ConfigError(
-                "serve: index_cpus_per_actor, reasoning_cpus_per_replica and reasoning_timeout_s must be > 0"
-            )
         if self.rate_limit_items_per_s and 0 < self.rate_limit_item_burst < self.max_inputs:
             raise ConfigError(
                 f"serve.rate_limit_item_burst={self.rate_limit_item_burst} is below serve.max_inputs="
                 f"{self.max_inputs}: a request of max_inputs items could never pass"
             )
+        if self.reasoning_engine not in ("hf", "vllm", "torch"):
+            raise ConfigError(f"serve.reasoning_engine: expected hf, vllm or torch, got {self.reasoning_engine!r}")
         if not 0 <= self.reasoning_nice <= 19:
             raise ConfigError("serve.reasoning_nice must be between 0 and 19")
+
+
+# serve fields by the bound each must meet: counts >= 1; rates, bursts, GPUs and waits >= 0 (0: off or
+# none); CPUs and timeouts > 0. The error names the first field that misses its bound.
+SERVE_BOUNDS: tuple[tuple[str, Callable[[float], bool], tuple[str, ...]], ...] = (
+    (">= 1", lambda v: v >= 1,
+     ("port", "max_body_bytes", "max_inputs", "max_image_pixels", "max_text_chars", "max_batch_size",
+      "num_replicas", "min_replicas", "max_replicas", "max_ongoing_requests", "max_top_k", "index_batch_size",
+      "reasoning_max_tokens", "index_actors", "reasoning_replicas", "reasoning_max_inputs",
+      "reasoning_batch_size", "reasoning_max_ongoing", "reasoning_max_queued")),
+    (">= 0", lambda v: v >= 0,
+     ("rate_limit_requests_per_s", "rate_limit_items_per_s", "rate_limit_request_burst", "rate_limit_item_burst",
+      "gpus_per_replica", "index_gpus_per_actor", "reasoning_gpus_per_replica", "batch_wait_timeout_s",
+      "reasoning_batch_wait_s")),
+    ("> 0", lambda v: v > 0,
+     ("cpus_per_replica", "index_cpus_per_actor", "reasoning_cpus_per_replica", "reasoning_timeout_s")),
+)
