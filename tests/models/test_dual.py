@@ -22,6 +22,7 @@ from moon_ray.models.temperature import Temperature
 from moon_ray.train.checkpoint import save_checkpoint
 from moon_ray.train.task import make_batch, training_forward
 from tests.catalog.fixtures import image_bytes
+from tests.models.batches import rows
 
 TINY_DUAL = ["model.arch=dual", "model.vision.name=tiny", "model.vision.pretrained=false", "model.embed_dim=32",
              "model.matryoshka=[16,32]", "model.dual_head_hidden=64", "train.batch_size=4"]
@@ -30,19 +31,6 @@ HEADS = ("image_head.", "text_head.", "mix_logit")
 
 def dual_cfg(*extra):
     return load_config(None, [*TINY_DUAL, *extra])
-
-
-def rows(n=6):
-    colours = ["Red", "Blue", "Green", "Black", "White", "Navy Blue"]
-    return {
-        "id": np.array([str(i) for i in range(n)], dtype=object),
-        "title": np.array([f"Brand{i} Men {colours[i % 6]} Shirt" for i in range(n)], dtype=object),
-        "image": np.array([image_bytes(size=(64, 64), colour=(40 * i % 255, 90, 200)) for i in range(n)], dtype=object),
-        "gender": np.array(["Men"] * n, dtype=object),
-        "colour": np.array([colours[i % 6] for i in range(n)], dtype=object),
-        "article_type": np.array(["Shirts" if i % 2 else "Tshirts" for i in range(n)], dtype=object),
-        "brand": np.array([f"Brand{i}" for i in range(n)], dtype=object),
-    }
 
 
 def optimiser(model, temperature, lr=3e-3):

@@ -15,7 +15,7 @@ from moon_ray.models.moe import routing_aux_loss
 from moon_ray.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from moon_ray.train.task import ATTRS, TrainingModule, make_batch, text_positives
 from moon_ray.train.worker import build_training, lr_lambda, train_step
-from tests.catalog.fixtures import image_bytes
+from tests.models.batches import rows
 
 TINY = ["model.lm.tiny=true", "model.vision.name=tiny", "model.vision.pretrained=false", "model.embed_dim=32",
         "model.matryoshka=[16,32]", "model.fusion_heads=4", "train.batch_size=4", "train.warmup_steps=1"]
@@ -23,19 +23,6 @@ TINY = ["model.lm.tiny=true", "model.vision.name=tiny", "model.vision.pretrained
 
 def tiny_cfg(*extra):
     return load_config(None, [*TINY, *extra])
-
-
-def rows(n=4):
-    colours = ["Red", "Blue", "Green", "Black", "White", "Navy Blue"]
-    return {
-        "id": np.array([str(i) for i in range(n)], dtype=object),
-        "title": np.array([f"Brand{i} Men {colours[i % 6]} Shirt" for i in range(n)], dtype=object),
-        "image": np.array([image_bytes(size=(64, 64), colour=(40 * i % 255, 90, 200)) for i in range(n)], dtype=object),
-        "gender": np.array(["Men"] * n, dtype=object),
-        "colour": np.array([colours[i % 6] for i in range(n)], dtype=object),
-        "article_type": np.array(["Shirts" if i % 2 else "Tshirts" for i in range(n)], dtype=object),
-        "brand": np.array([f"Brand{i}" for i in range(n)], dtype=object),
-    }
 
 
 @pytest.mark.parametrize("switches", [[], ["model.fusion=false"], ["model.residual=false"], ["model.moe=false"],
