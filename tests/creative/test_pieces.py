@@ -144,3 +144,28 @@ def test_config_rejects_bad_values_by_name():
         build(CreativePairsConfig, {"defects": ["sepia"]})
     with pytest.raises(ConfigError, match="quality_share"):
         build(CreativePairsConfig, {"quality_share": 1.5})
+
+
+def test_selector_projector_from_an_embedder_and_its_own_adapter(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from moon_ray.config import load_config
+    from moon_ray.creative.model import CreativeSelector
+    from moon_ray.models.projector import Projector
+
+    cfg = load_config(None, ["model.vision.name=tiny", "model.vision.pretrained=false", "model.lm.tiny=true",
+                             "model.lm.lora.r=4"])
+    sel = CreativeSelector(cfg.model)
+    torch.manual_seed(9)
+    other = Projector(sel.tower.feature_dim, sel.lm.config.hidden_size)
+    save_file({f"model.projector.{k}": v for k, v in other.state_dict().items()} | {"model.head.w": torch.zeros(2)},
+              str(tmp_path / "trainable.safetensors"))
+    assert sel.init_projector(tmp_path) == len(other.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(sel.projector.state_dict().values(), other.state_dict().values(), strict=True))
+    names = set(sel.trainable_state())
+    assert names and all(n.startswith("projector.") or "lora_" in n for n in names)  # no embedder head, no tower
+    wrong = Projector(8, sel.lm.config.hidden_size)
+    save_file({f"model.projector.{k}": v for k, v in wrong.state_dict().items()}, str(tmp_path / "trainable.safetensors"))
+    with pytest.raises(ValueError, match="does not fit"):
+        sel.init_projector(tmp_path)
