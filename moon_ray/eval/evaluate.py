@@ -60,6 +60,7 @@ def run_eval(cfg: Config) -> dict:
         requests, parts = build_requests(data, ev.zero_shot)
         if ev.low_res:
             requests, parts = with_low_res_products(requests, parts, data)
+        requests, traces_note = with_stored_traces(requests, parts, data, ev.model)
     with timer("embed"):
         init_ray(cfg.ray)
         vecs = embed_requests(requests, cfg)
@@ -73,7 +74,7 @@ def run_eval(cfg: Config) -> dict:
     results.update(
         model=ev.model, name=model_slug(ev.model), split=data.split, n_products=data.size,
         dim=int(vecs.shape[1]), index=ev.index, faiss_gpus=gpu_count(), n_requests=requests.num_rows,
-        timings_s={k: round(v, 2) for k, v in timer.metrics().items()}, config=to_dict(cfg),
+        timings_s={k: round(v, 2) for k, v in timer.metrics().items()}, config=to_dict(cfg), traces=traces_note,
     )
     results["output_dir"] = str(write_results(results, Path(ev.output_dir) / results["name"]))
     return results
@@ -93,6 +94,25 @@ def with_low_res_products(requests, parts: dict[str, slice], data: EvalSet):
                       "product": pa.array([True] * data.size, pa.bool_())})
     table = pa.concat_tables([requests, extra.cast(requests.schema)])
     return table, {**parts, "product_lowres": slice(start, start + data.size)}
+
+
+def with_stored_traces(requests, parts: dict[str, slice], data: EvalSet, model: str):
+    """(the request table with a `trace` column, what it reuses): each product row gets its stored trace
+    when that is of the model's policy version (index_artifact.stored_traces), as `moon-ray index` does;
+    the other rows None (a model that reasons generates those on the actors). Said on stdout."""
+    import pyarrow as pa
+
+    from moon_ray.eval.data import TRACE_COLUMNS
+    from moon_ray.eval.index_artifact import model_identity, stored_traces
+
+    table = pa.table({c: data.products[c] for c in ("id", *TRACE_COLUMNS) if c in data.products})
+    stored, _, told = stored_traces(table, model_identity(model))
+    if told:
+        print(f"eval: {told}", flush=True)
+    column: list[str | None] = [None] * requests.num_rows
+    if stored is not None:
+        column[parts["product"]] = stored
+    return requests.append_column("trace", pa.array(column, pa.string())), told
 
 
 def resolve_model(cfg: Config) -> Config:

@@ -189,7 +189,7 @@ def embed_products(encoder, images: Sequence[bytes], titles: Sequence[str],
     model, n = encoder.model, len(titles)
     if any(img is None for img in images) or not all(titles):
         raise ValueError("a product needs both its image and its title to be embedded with a reasoning trace")
-    used = [t or None for t in (traces if traces is not None else [None] * n)]
+    used = list(traces) if traces is not None else [None] * n  # None: generate; "" is an (empty) trace
     out = np.zeros((n, encoder.dim), dtype=np.float32)
     with torch.no_grad():
         for s in range(0, n, encoder.batch_size):
@@ -256,12 +256,14 @@ def stored_traces(table, identity: dict) -> tuple[list[str | None] | None, np.nd
     if TRACE_COLUMN not in table.column_names or TRACE_VERSION_COLUMN not in table.column_names:
         return None, None, f"no stored traces in the product shards: generating {n} ({fix})"
     texts, versions = table.column(TRACE_COLUMN).to_pylist(), table.column(TRACE_VERSION_COLUMN).to_pylist()
-    traces = [t if t and v is not None and str(v) == version else None for t, v in zip(texts, versions, strict=True)]
+    traces = [t if t is not None and v is not None and str(v) == version else None  # "" is a trace too
+              for t, v in zip(texts, versions, strict=True)]
     mask = np.array([t is not None for t in traces], dtype=bool)
     reused = int(mask.sum())
     if reused == n:
         return traces, mask, f"reusing {n} stored traces of policy {version}"
-    others = sorted({str(v) for t, v in zip(texts, versions, strict=True) if t and v is not None} - {version})
+    others = sorted({str(v) for t, v in zip(texts, versions, strict=True) if t is not None and v is not None}
+                    - {version})
     why = f"the shards' other traces are of policy {', '.join(others)}; " if others else ""
     return traces, mask, (f"reusing {reused} stored traces of policy {version}, generating {n - reused} "
                           f"({why}{fix})")

@@ -6,9 +6,10 @@ embedder on Ray Train.
 Reads the train split of the preprocessed catalog through Ray Data, runs `TorchTrainer` with
 `train.num_workers` DDP workers (gloo on CPU, NCCL on GPU), shows a progress bar fed by rank 0,
 checkpoints every `train.checkpoint_every` steps under train.output_dir/ray, resumes from the latest
-checkpoint there, scores the val split every `train.eval_every` steps (train/validate.py), and exports
+checkpoint there, scores the val split every `train.eval_every` steps (train/validate.py), exports
 the checkpoint with the best `train.select_metric` on val (the last one when validation is off) to
-train.output_dir/export.
+train.output_dir/export, and (serve.index_after_export) builds its catalog index beside it,
+train.output_dir/export-index, which `moon-ray serve --model train.output_dir/export` loads.
 """
 
 from __future__ import annotations
@@ -111,13 +112,33 @@ def run_train(cfg: Config) -> dict:
 
     best = best_checkpoint(out) if cfg.train.eval_every > 0 else None  # chosen on val, never on test
     export = export_model(best[0] if best else final, out / "export")
+    index = index_beside_export(cfg, export)
     summary = {"steps": cfg.train.steps, "resumed_from_step": start, "init_from": cfg.train.init_from,
                "checkpoint": str(final), "export": str(export), "selected": best[1] if best else None,
+               "index": str(index) if index else None,
                "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
                "history": ray.get(progress.history.remote()), "seconds": round(clock.elapsed(), 1),
                "trainer_restarts": ray.get(progress.restarts.remote())}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def index_beside_export(cfg: Config, export: Path) -> Path | None:
+    """The export's catalog index, built beside it (<export>-index: the serve.index_* slice, by the Ray Data
+    job of `moon-ray index`), so `moon-ray serve --model <export>` loads it at start; None when
+    serve.index_after_export is off or search is (serve.index_limit=0)."""
+    import dataclasses
+
+    from moon_ray.eval.index_artifact import default_index_dir
+    from moon_ray.eval.index_job import build_index_dir
+
+    if not cfg.serve.index_after_export or cfg.serve.index_limit == 0:
+        return None
+    served = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, model=str(export), index_dir=None))
+    out = default_index_dir(served)
+    manifest = build_index_dir(served, out)
+    print(f"indexed {manifest['count']} products beside the export in {manifest['seconds']:.0f} s: {out}", flush=True)
+    return out
 
 
 def start_rollout_pool(cfg: Config):

@@ -31,6 +31,7 @@ LIMITS = ["serve.max_body_bytes=2000000", "serve.max_inputs=8", "serve.max_text_
           "serve.max_image_pixels=1000000", "serve.max_top_k=20"]
 TINY = ["model.lm.tiny=true", "model.vision.name=tiny", "model.vision.pretrained=false", "model.embed_dim=32",
         "model.matryoshka=[16,32]"]
+REASONING = ["rollout.enabled=true", "rollout.max_tokens=4"]
 
 
 @dataclass
@@ -53,8 +54,10 @@ def data_url(image: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(image).decode()
 
 
-@pytest.fixture(scope="package")
-def tiny_export(tmp_path_factory) -> Path:
+def write_export(root: Path, *overrides: str, lora_noise: float = 0.0) -> Path:
+    """A tiny MOON model (TINY plus `overrides`) exported to root/export after one checkpoint (no training).
+    `lora_noise`: the std of LoRA B matrices drawn at random (seed 0) instead of zeros, so that the tiny
+    LM's greedy traces are words rather than the blank lines its random base writes."""
     import torch
 
     from moon_ray.config import load_config
@@ -62,11 +65,23 @@ def tiny_export(tmp_path_factory) -> Path:
     from moon_ray.train.checkpoint import save_checkpoint
     from moon_ray.train.worker import build_training
 
-    root = tmp_path_factory.mktemp("models") / "tiny"  # served as "tiny": an export is named by its parent
-    cfg = load_config(None, TINY)
+    cfg = load_config(None, [*TINY, *overrides])
     model, temp, opt, sched = build_training(cfg, torch.device("cpu"))
+    if lora_noise:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, lora_noise)
     save_checkpoint(root / "step-000001", model, temp, opt, sched, 1, cfg)
     return export_model(root / "step-000001", root / "export")
+
+
+@pytest.fixture(scope="package")
+def tiny_export(tmp_path_factory) -> Path:
+    """Served as "tiny" (an export is named by its parent); trained 'jointly' (rollout.enabled), so it embeds
+    products with a greedy trace of at most 4 tokens."""
+    return write_export(tmp_path_factory.mktemp("models") / "tiny", *REASONING, lora_noise=0.3)
 
 
 def first_products(catalog: Path, n: int) -> list[dict]:
@@ -97,8 +112,8 @@ def served(ray_local, real_slice, tiny_export, tiny_index):
     from moon_ray.serve.app import build_app
 
     common = [f"data.output_dir={real_slice}", "serve.cpus_per_replica=0.5", f"serve.api_key={KEY}", *LIMITS]
-    tiny = [*common, f"serve.model={tiny_export}", "serve.reasoning_max_tokens=8",
-            "serve.reasoning_cpus_per_replica=0.25", "serve.reasoning_max_inputs=2", f"serve.index_dir={tiny_index}"]
+    tiny = [*common, f"serve.model={tiny_export}", "serve.reasoning_max_inputs=2",
+            "serve.reasoning_cpus_per_replica=0.25", f"serve.index_dir={tiny_index}"]
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:

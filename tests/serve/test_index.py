@@ -21,7 +21,7 @@ from moon_ray.eval.index_artifact import (
     model_identity,
     read_index_dir,
 )
-from tests.serve.conftest import TINY
+from tests.serve.conftest import REASONING, write_export
 
 
 def cfg_for(*overrides: str):
@@ -65,7 +65,9 @@ def test_job_vectors_equal_the_model_in_process(tiny_index, tiny_export, real_sl
     assert all((tiny_index / f).is_file() for f in FILES)
     assert manifest["identity"] == model_identity(str(tiny_export))
     assert (manifest["count"], manifest["dim"], manifest["faiss"]["kind"]) == (20, 32, "flat")
-    assert manifest["traces"] == {"embedded": False, "stored": 0, "generated": 0, "policy_versions": []}
+    identity = model_identity(str(tiny_export))  # it reasons: every product embedded with its greedy trace
+    assert manifest["traces"] == {"embedded": True, "stored": 0, "generated": 20,
+                                  "policy_versions": [f"generated:{identity['fingerprint'][:12]}"]}
     products = first_products(real_slice, 20)
     assert meta["id"] == [p["id"] for p in products]  # catalog order, whatever order the actors answered in
     local = get_encoder(str(tiny_export)).encode_products([p["image"] for p in products],
@@ -88,18 +90,7 @@ class LocalEncoder:
 @pytest.fixture(scope="module")
 def reasoning_export(tmp_path_factory) -> Path:
     """A tiny export trained 'jointly' (rollout.enabled): it embeds products with a reasoning trace."""
-    import torch
-
-    from moon_ray.config import load_config
-    from moon_ray.models.export import export_model
-    from moon_ray.train.checkpoint import save_checkpoint
-    from moon_ray.train.worker import build_training
-
-    root = tmp_path_factory.mktemp("models") / "thinker"
-    cfg = load_config(None, [*TINY, "rollout.enabled=true", "rollout.max_tokens=4"])
-    model, temp, opt, sched = build_training(cfg, torch.device("cpu"))
-    save_checkpoint(root / "step-000001", model, temp, opt, sched, 1, cfg)
-    return export_model(root / "step-000001", root / "export")
+    return write_export(tmp_path_factory.mktemp("models") / "thinker", *REASONING, lora_noise=0.3)
 
 
 def test_stored_traces_of_the_policy_are_reused_and_others_generated(ray_local, real_slice, reasoning_export,
