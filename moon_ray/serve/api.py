@@ -4,7 +4,7 @@
 
 | route                | answer                                                                     |
 | -------------------- | -------------------------------------------------------------------------- |
-| POST /v1/embeddings  | OpenAI's embeddings response; `reasoning` per item when asked for          |
+| POST /v1/embeddings  | OpenAI's embeddings response; `input_type` query (default) or document (a product, as the index embeds it: its `reasoning` trace per item when the model reasons) |
 | POST /v1/search      | the top-k catalog products (metadata + cosine score) for a text/image query |
 | GET /v1/models       | OpenAI's model list: the one served model                                  |
 | GET /v1/models/{id}  | that model, or 404                                                         |
@@ -92,13 +92,13 @@ def create_api(engine: Engine, index: CatalogIndex | None, scfg: ServeConfig, ke
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         req = parse(EmbeddingRequest, await request.body())
-        admit(request, limiter, req.reasoning, len(req.input))
+        admit(request, limiter, req.input_type == "document" and engine.reasons, len(req.input))
         return JSONResponse(await embeddings_response(engine, req, limits))
 
     @app.post("/v1/search")
     async def search(request: Request):
         req = parse(SearchRequest, await request.body())
-        admit(request, limiter, req.reasoning, 1)
+        admit(request, limiter, False, 1)
         return JSONResponse(await search_response(engine, index, req, limits, scfg.max_top_k))
 
     app.add_middleware(BodyLimit, max_bytes=scfg.max_body_bytes)
@@ -153,12 +153,14 @@ async def embeddings_response(engine: Engine, req: EmbeddingRequest, limits: Lim
     if not engine.accepts(req.model):
         raise unknown_model(engine, req.model)
     dims = check_dimensions(req.dimensions, engine.dim, engine.dimensions, engine.model_id)
-    if req.reasoning:
-        engine.check_reasoning()  # before any image is decoded
+    engine.check_reasoning(req.input_type, req.reasoning)  # before any image is decoded
+    document = req.input_type == "document"
+    if document:
+        check_documents(req.input)
     items = await items_of(req.input, limits, "input")
-    traces, trace_tokens = None, []
-    if req.reasoning:
-        vecs, traces, tokens, trace_tokens = await engine.embed_with_reasoning(items)
+    traces, trace_tokens = None, None
+    if document:
+        vecs, traces, tokens, trace_tokens = await engine.embed_documents(items)
     else:
         vecs, tokens = await engine.embed(items)
     vecs = truncate(vecs, dims)
@@ -168,8 +170,19 @@ async def embeddings_response(engine: Engine, req: EmbeddingRequest, limits: Lim
         if traces is not None:
             row["reasoning"] = traces[i]
         data.append(row)
-    return {"object": "list", "data": data, "model": engine.model_id,
-            "usage": usage(tokens, trace_tokens if traces is not None else None)}
+    return {"object": "list", "data": data, "model": engine.model_id, "usage": usage(tokens, trace_tokens)}
+
+
+def check_documents(inputs) -> None:
+    """A document is a product: its image and its title (text), as the index embeds it; 400 naming the
+    first missing one."""
+    for i, item in enumerate(inputs):
+        for field in ("image", "text"):
+            if not getattr(item, field):
+                what = "image" if field == "image" else "title as 'text'"
+                raise ApiError(400, f"input[{i}] is a document (input_type='document'): a product is embedded from "
+                                    f"its image and its title, and this one has no {what}",
+                               param=f"input[{i}].{field}", code="invalid_document")
 
 
 def usage(tokens: list[int], trace_tokens: list[int] | None) -> dict:
@@ -190,26 +203,17 @@ async def search_response(engine: Engine, index: CatalogIndex | None, req: Searc
                        code="search_unavailable")
     if req.k > max_k:
         raise ApiError(400, f"k={req.k} is larger than {max_k} (serve.max_top_k)", param="k", code="invalid_k")
-    if req.reasoning:
-        engine.check_reasoning()
+    engine.check_reasoning("query", req.reasoning)  # a search query is a query: no trace
     unknown = sorted(set(req.filters) - set(FILTER_FIELDS))
     if unknown:
         raise ApiError(400, f"unknown filter field {unknown[0]!r}; filterable: {', '.join(FILTER_FIELDS)}",
                        param=f"filters.{unknown[0]}", code="invalid_filter")
     items = await items_of([req.query()], limits, "")
-    trace, trace_tokens = None, None
-    if req.reasoning:
-        vecs, traces, tokens, trace_tokens = await engine.embed_with_reasoning(items)
-        trace = traces[0]
-    else:
-        vecs, tokens = await engine.embed(items)
+    vecs, tokens = await engine.embed(items)
     hits = await asyncio.to_thread(index.search, vecs[0], req.k, req.filters)
     data = [{"object": "search_result", **hit} for hit in hits]
     query = {"kind": items[0].kind, "filters": req.filters, "k": req.k}
-    if trace is not None:
-        query["reasoning"] = trace
-    return {"object": "list", "data": data, "model": engine.model_id, "query": query,
-            "usage": usage(tokens, trace_tokens)}
+    return {"object": "list", "data": data, "model": engine.model_id, "query": query, "usage": usage(tokens, None)}
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -15,9 +15,9 @@ beside data.output_dir for a baseline; moon_ray/eval/index_artifact.py). An inde
 model is refused with an error naming both. Only when no index exists there, and
 `serve.index_build_at_start` is on, does the replica embed the catalog itself (split
 `serve.index_split`, at most `serve.index_limit`; minutes): the fallback. `serve.index_limit=0` turns
-/v1/search off. `MoonReasoner` (reasoner.py), deployed for exported models when `serve.reasoning`,
-answers `reasoning: true` requests on replicas of its own, so that they never hold the ingress's
-model process.
+/v1/search off. `MoonReasoner` (reasoner.py), deployed when `serve.reasoning` and the model reasons,
+embeds the documents (`input_type: document`) of a model that reasons, a greedy trace each, on
+replicas of its own, so that generation never holds the ingress's model process.
 
 Replicas ask for `serve.cpus_per_replica` CPUs and the `moon_serve` custom resource when
 `ray.use_custom_resources` is on; `serve.num_replicas` of them, or autoscaling between
@@ -60,6 +60,7 @@ from moon_ray.config import (
     with_absolute_paths,
 )
 from moon_ray.infrastructure.timing import Stopwatch, timed
+from moon_ray.serve.worker import ModelReplica
 
 APP_NAME = "moon-ray"
 ENV_KEY = "MOON_RAY_API_KEY"
@@ -70,20 +71,20 @@ log = logging.getLogger(__name__)
 
 @serve.deployment(name="MoonEmbeddings")
 @serve.ingress()
-class MoonServe:
+class MoonServe(ModelReplica):
     """A replica: the model, its catalog index, and the FastAPI app over both."""
 
     def __init__(self, config: dict, api_key: str | None = None, reasoner=None):
         from moon_ray.eval.index_artifact import model_identity
         from moon_ray.serve.engine import Engine
         from moon_ray.serve.metrics import ServeMetrics
-        from moon_ray.serve.worker import ModelWorker
+        from moon_ray.serve.worker import ModelWorker, model_spec
 
         cfg = build(Config, config)
         self.keys = api_keys(cfg, api_key)
         startup: dict[str, float] = {}
         clock = Stopwatch()
-        worker = ModelWorker(worker_spec(cfg), wait=False)  # the model loads in its own process meanwhile
+        worker = ModelWorker(model_spec(cfg), wait=False)  # the model loads in its own process meanwhile
         try:
             with timed("index_load_s", startup):
                 identity = model_identity(cfg.serve.model)
@@ -101,6 +102,7 @@ class MoonServe:
         self.metrics = ServeMetrics(self.replica, model_pid=lambda: worker.pid)
         self.engine = Engine(worker, cfg.serve, {model_key(cfg)}, reasoner=reasoner if cfg.serve.reasoning else None,
                              metrics=self.metrics)
+        self.worker, self.executor = worker, self.engine.executor  # closed with the replica (ModelReplica)
         self.index = index
         self.scfg = cfg.serve
 
@@ -110,25 +112,12 @@ class MoonServe:
         return create_api(self.engine, self.index, self.scfg, self.keys, replica=self.replica,
                           metrics=self.metrics, startup=self.startup)
 
-    def __del__(self):
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.close()
-
-
-def worker_spec(cfg: Config) -> dict:
-    """What the model process loads: serve.model on the replica's device with max(1, int(cpus)) threads."""
-    s = cfg.serve
-    return {"model": s.model, "device": "cuda" if s.gpus_per_replica > 0 else "cpu",
-            "threads": max(1, int(s.cpus_per_replica)), "batch_size": s.max_batch_size,
-            "reasoning_tokens": s.reasoning_max_tokens}
-
 
 def load_encoder(cfg: Config):
     """The served encoder, in this process (for benchmarks)."""
-    from moon_ray.serve.worker import load
+    from moon_ray.serve.worker import load, model_spec
 
-    return load(worker_spec(cfg))
+    return load(model_spec(cfg))
 
 
 def model_key(cfg: Config) -> str:
@@ -286,8 +275,10 @@ def application(cfg: Config):
     keys = cfg.serve.api_key or os.environ.get(ENV_KEY) or None
     api_keys(cfg, keys)  # refuse here, where the application is built, when a key is required and missing
     plain = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, api_key=None))
+    from moon_ray.eval.index_artifact import model_identity
+
     reasoner = None
-    if cfg.serve.reasoning and Path(cfg.serve.model).is_dir():  # exported models have an LM
+    if cfg.serve.reasoning and model_identity(cfg.serve.model)["reasoning"]:  # documents need a trace each
         reasoner = MoonReasoner.options(**reasoner_options(cfg)).bind(to_dict(plain))
     return MoonServe.options(**deployment_options(cfg)).bind(to_dict(plain), keys, reasoner)
 

@@ -1,8 +1,8 @@
 """The model behind the routes: dynamic batching over a model process; reasoning handed to its own deployment.
 
     engine = Engine(ModelWorker(spec), cfg.serve, aliases={"frozen"}, reasoner=handle_or_None)
-    vecs, tokens = await engine.embed(items)                  # (N, dim), items batched across requests
-    vecs, traces, tokens, trace_tokens = await engine.embed_with_reasoning(items)   # via MoonReasoner
+    vecs, tokens = await engine.embed(items)                  # queries: (N, dim), batched across requests
+    vecs, traces, tokens, trace_tokens = await engine.embed_documents(items)   # products, as the index does
 
 `embed` submits every item on its own to `_enqueue`, a `@serve.batch` method: it gathers the items of
 concurrent requests for up to `serve.batch_wait_timeout_s` and puts them on a `ModelQueue`. One task
@@ -14,12 +14,16 @@ helper thread), so it keeps taking requests meanwhile. If a model call fails, it
 one by one, so that a bad item fails only its own request; if the model process dies, the requests in
 flight get a 500 and the next request starts a new one.
 
-Reasoning (`reasoning: true`) never touches this model process: generation costs seconds per batch,
-and a request of many inputs used to hold the model for minutes while every embedding waited. Such
-requests go to the MoonReasoner deployment (reasoner.py) through a handle, at most
-`serve.reasoning_max_inputs` inputs each; it has its own replicas, model process, concurrency cap and
-queue. When its queue is full the request gets 503 with Retry-After at once; after
-`serve.reasoning_timeout_s`, 504. Only exported MOON models have an LM; the baselines answer 400
+The reasoning policy (DESIGN.md): queries are embedded as training embeds them, without a trace, so
+`reasoning: true` on a query is a 400. Documents (`input_type: document`, image + title) are embedded
+as the index embeds products: with the model's greedy trace when it reasons (an export trained with
+rollout.enabled), else from image + title alone (this model process, its own queue). Generation never
+touches this model process: it costs seconds per batch, and a request of many inputs used to hold the
+model for minutes while every embedding waited. Documents of a model that reasons go to the
+MoonReasoner deployment (reasoner.py) through a handle, at most `serve.reasoning_max_inputs` inputs
+each; it has its own replicas, model process, concurrency cap and queue. When its queue is full the
+request gets 503 with Retry-After at once; after `serve.reasoning_timeout_s`, 504. `reasoning` on a
+document may only confirm what the model does (true: it reasons; false: it does not); otherwise 400,
 before any input is decoded.
 
 Usage counts: the text inputs' tokens by the model's tokenizer (MiniLM's for `frozen`, the LM's for
@@ -145,7 +149,8 @@ class Engine:
         self.aliases = {info["name"], scfg.model, *aliases}
         self.dim = int(info["dim"])
         self.dimensions = tuple(info["dimensions"])
-        self.reasoner = reasoner if info["can_reason"] else None
+        self.reasons = bool(info.get("reasons"))  # embeds products with a trace (trained with reasoning)
+        self.reasoner = reasoner if self.reasons else None
         self.can_reason = self.reasoner is not None
         self.has_lm = bool(info["can_reason"])
         self.scfg = scfg
@@ -153,25 +158,40 @@ class Engine:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moon-model")
         self._enqueue.set_max_batch_size(scfg.max_batch_size)
         self._enqueue.set_batch_wait_timeout_s(scfg.batch_wait_timeout_s)
-        on_batch = (lambda n, s: metrics.batch("embed", n, s)) if metrics is not None else None
-        self.queue = ModelQueue(self._encode, scfg.max_batch_size, on_batch=on_batch)
+        self.queue = ModelQueue(self._encode, scfg.max_batch_size, on_batch=self._on_batch("embed"))
+        self.documents = ModelQueue(self._documents, scfg.max_batch_size, on_batch=self._on_batch("document"))
         self.reasoning_inflight = 0
+
+    def _on_batch(self, op: str):
+        return (lambda n, s: self.metrics.batch(op, n, s)) if self.metrics is not None else None
 
     def batching(self) -> dict:
         """How full the dynamic batches have been since the replica started (for /healthz and tuning)."""
         return self.queue.stats()
 
-    def check_reasoning(self) -> None:
-        """ApiError(400) when this deployment cannot generate reasoning traces."""
-        if self.can_reason:
+    def check_reasoning(self, input_type: str, reasoning: bool | None) -> None:
+        """ApiError(400) when `reasoning` asks for what the reasoning policy does not do for `input_type`,
+        or when this deployment cannot embed documents the way the model's index does."""
+        if input_type == "query":
+            if reasoning:
+                raise ApiError(400, f"model {self.model_id!r} embeds queries as training does, without a reasoning "
+                                    "trace, so reasoning=true does not apply to a query; send the product's image and "
+                                    "title with input_type='document' to embed it with its trace, or drop "
+                                    "'reasoning'", param="reasoning", code="reasoning_unsupported")
             return
-        if self.has_lm:
-            raise ApiError(400, f"reasoning is off on this deployment (serve.reasoning=false); drop 'reasoning' "
-                                f"or redeploy {self.model_id!r} with it on", param="reasoning",
-                           code="reasoning_unsupported")
-        raise ApiError(400, f"model {self.model_id!r} has no language model, so it cannot generate a "
-                            "reasoning trace; serve an exported MOON model (serve.model=<export dir>) or "
-                            "drop 'reasoning'", param="reasoning", code="reasoning_unsupported")
+        if reasoning is False and self.reasons:
+            raise ApiError(400, f"model {self.model_id!r} embeds every product with its reasoning trace, as its index "
+                                "does; a document without one would not match the index: drop 'reasoning'",
+                           param="reasoning", code="reasoning_required")
+        if reasoning and not self.reasons:
+            why = "was trained without reasoning (rollout.enabled=false)" if self.has_lm else \
+                "has no language model"
+            raise ApiError(400, f"model {self.model_id!r} {why}, so it embeds products from image and title alone; "
+                                "drop 'reasoning'", param="reasoning", code="reasoning_unsupported")
+        if self.reasons and not self.can_reason:
+            raise ApiError(400, f"model {self.model_id!r} embeds products with a reasoning trace and reasoning is off "
+                                "on this deployment (serve.reasoning=false); redeploy with it on to embed documents",
+                           param="input_type", code="reasoning_unsupported")
 
     def accepts(self, model: str | None) -> bool:
         return model is None or model in self.aliases
@@ -203,15 +223,22 @@ class Engine:
 
         return await per_item(encode, items)
 
-    # -------------------------------------------------------------------------------- reasoning
-    async def embed_with_reasoning(self, items: list[Item]) -> tuple[np.ndarray, list[str], list[int], list[int]]:
-        """Embeddings of the items with their generated traces, the traces, and the token counts of both,
-        from the reasoning deployment (never this replica's model process)."""
-        self.check_reasoning()
+    # -------------------------------------------------------------------------------- documents
+    async def embed_documents(self, items: list[Item]) -> tuple[np.ndarray, list[str] | None, list[int],
+                                                                list[int] | None]:
+        """Products (image + title) embedded as the index embeds them: (vectors, traces or None, title
+        tokens, trace tokens or None). With a trace from the reasoning deployment when the model reasons."""
+        self.check_reasoning("document", None)
+        if not self.reasons:
+            results = await asyncio.gather(*self.documents.submit(items))
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            return np.stack([v for v, _ in results]).astype(np.float32, copy=False), None, [t for _, t in results], None
         cap = self.scfg.reasoning_max_inputs
         if len(items) > cap:
-            raise ApiError(400, f"too many inputs for reasoning: {len(items)} (at most {cap} per request with "
-                                "reasoning=true, serve.reasoning_max_inputs)", param="input", code="too_many_inputs")
+            raise ApiError(400, f"too many documents for a model that reasons: {len(items)} (at most {cap} per request, "
+                                "serve.reasoning_max_inputs)", param="input", code="too_many_inputs")
         self.reasoning_inflight += 1
         try:
             out = await self._ask_reasoner(items)
@@ -223,6 +250,13 @@ class Engine:
         if self.metrics is not None:
             self.metrics.batch("reason", out["batch"], out["seconds"])
         return out["vectors"], out["traces"], out["tokens"], out["trace_tokens"]
+
+    async def _documents(self, items: list[Item]) -> list[tuple[np.ndarray, int] | ApiError]:
+        async def embed(chunk: list[Item]):
+            vecs, _, tokens, _ = await call_worker(self.worker, self.executor, "documents", chunk)
+            return list(zip(vecs, tokens, strict=True))
+
+        return await per_item(embed, items)
 
     async def _ask_reasoner(self, items: list[Item]) -> dict:
         from ray.serve.exceptions import BackPressureError
@@ -242,7 +276,3 @@ class Engine:
             response.cancel()
             raise ApiError(504, f"reasoning took longer than {self.scfg.reasoning_timeout_s:g} s "
                                 "(serve.reasoning_timeout_s)", code="reasoning_timeout") from None
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.worker.close()

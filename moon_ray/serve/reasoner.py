@@ -1,9 +1,11 @@
-"""The reasoning deployment, MoonReasoner: `reasoning: true` requests, apart from plain embeddings.
+"""The reasoning deployment, MoonReasoner: documents of a model that reasons, apart from plain embeddings.
 
     reasoner = MoonReasoner.options(**reasoner_options(cfg)).bind(to_dict(cfg))   # app.py binds it
     out = await handle.remote(items)    # {"vectors", "traces", "tokens", "trace_tokens", "batch", "seconds"}
 
-A reasoning request generates a trace per input (seconds per batch on a CPU) before embedding it. On
+A model trained with reasoning embeds a product (`input_type: document`) with its greedy trace, as its
+index does (worker.py `documents`, index_artifact.embed_products), so such a request generates a trace
+per input (seconds per batch on a CPU) before embedding it. On
 the ingress replica it would hold the model process that every plain embedding request needs, so it
 runs here instead, on its own replicas (`serve.reasoning_replicas` of `serve.reasoning_cpus_per_replica`
 CPUs), each with its own model process (worker.py), started `serve.reasoning_nice` steps nicer so that
@@ -16,8 +18,8 @@ Concurrency: a replica takes at most `serve.reasoning_max_ongoing` requests at o
 caller gets BackPressureError at once, which the ingress answers 503 with Retry-After. Inputs of the
 requests in a replica share one queue (engine.ModelQueue): an idle replica waits
 `serve.reasoning_batch_wait_s` for more, then each model call generates for up to
-`serve.reasoning_batch_size` of them in one batch (HF `generate` over the left-padded prompts of the
-embedder's own LM, `models/reasoning.py`), so concurrent reasoning clients share the generation steps.
+`serve.reasoning_batch_size` of them in one batch (HF `generate`, greedy, over the left-padded prompts
+of the embedder's own LM, `models/reasoning.py`), so concurrent clients share the generation steps.
 A bad input fails only its own request (the batch is retried one by one).
 
 Results travel as plain data, errors as {"error": (status, message, param, code)}: an exception raised
@@ -38,11 +40,12 @@ from moon_ray.infrastructure.timing import Stopwatch
 from moon_ray.serve.engine import ModelQueue, call_worker, per_item
 from moon_ray.serve.errors import ApiError
 from moon_ray.serve.validation import Item
+from moon_ray.serve.worker import ModelReplica, model_spec
 
 
 @serve.deployment(name="MoonReasoner")
-class MoonReasoner:
-    """A model process generating traces for batches of inputs gathered across requests."""
+class MoonReasoner(ModelReplica):
+    """A model process generating traces for batches of documents gathered across requests."""
 
     def __init__(self, config: dict):
         from moon_ray.serve.worker import ModelWorker
@@ -51,7 +54,7 @@ class MoonReasoner:
         # The model loads in its (nicer) process while the replica already counts as started: the ingress,
         # deployed beside it, starts answering embeddings without waiting for it; a first reasoning
         # request waits for the load (worker.call).
-        self.worker = ModelWorker(reasoner_spec(cfg), wait=False)
+        self.worker = ModelWorker(model_spec(cfg, reasoning=True), wait=False)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moon-reason")
         s = cfg.serve
         self.queue = ModelQueue(self._reason, s.reasoning_batch_size, wait_s=s.reasoning_batch_wait_s)
@@ -69,25 +72,13 @@ class MoonReasoner:
 
     async def _reason(self, items: list[Item]) -> list:
         async def reason(chunk: list[Item]):
-            vecs, traces, tokens, trace_tokens = await call_worker(self.worker, self.executor, "reason", chunk)
+            vecs, traces, tokens, trace_tokens = await call_worker(self.worker, self.executor, "documents", chunk)
             return [(*row, len(chunk)) for row in zip(vecs, traces, tokens, trace_tokens, strict=True)]
 
         return await per_item(reason, items)
 
     def stats(self) -> dict:
         return {"queue": self.queue.depth, **self.queue.stats(), "model_pid": self.worker.pid}
-
-    def __del__(self):
-        worker = getattr(self, "worker", None)
-        if worker is not None:
-            worker.close()
-
-
-def reasoner_spec(cfg: Config) -> dict:
-    s = cfg.serve
-    return {"model": s.model, "device": "cuda" if s.reasoning_gpus_per_replica > 0 else "cpu",
-            "threads": max(1, int(s.reasoning_cpus_per_replica)), "batch_size": s.reasoning_batch_size,
-            "reasoning_tokens": s.reasoning_max_tokens, "nice": s.reasoning_nice}
 
 
 def reasoner_options(cfg: Config) -> dict[str, Any]:

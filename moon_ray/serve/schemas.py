@@ -10,13 +10,18 @@ POST /v1/embeddings (OpenAI's shape, plus the `reasoning` extension):
      "dimensions": 128,              # optional: Matryoshka prefix, re-normalised
      "encoding_format": "float",     # or "base64": little-endian float32 bytes, base64 (as OpenAI)
      "user": "...",                  # accepted and ignored (OpenAI field)
-     "reasoning": false}             # extension: generate a reasoning trace first, embed with it
+     "input_type": "query",          # extension: query (default) or document (a product: image + title
+                                     # as "text", embedded as the index embeds it, with its trace when
+                                     # the model reasons; each item then needs both)
+     "reasoning": null}              # optional: may only confirm what the model does for documents
+                                     # (true: it reasons); a query is embedded without a trace, as
+                                     # training embeds queries, so true on a query is a 400
 
 POST /v1/search:
 
     {"text": "navy shirt", "image": "<base64>",           # at least one of the two
      "k": 10, "filters": {"gender": "Men", "colour": ["Navy Blue", "Blue"]},
-     "model": "frozen", "reasoning": false}               # both optional
+     "model": "frozen"}                                   # optional (a search query is a query: no trace)
 
 Token arrays (OpenAI's list-of-int input) are refused with a message: this server embeds text.
 """
@@ -62,7 +67,8 @@ class EmbeddingRequest(Strict):
     dimensions: StrictInt | None = Field(None, ge=1)
     encoding_format: Literal["float", "base64"] = "float"
     user: StrictStr | None = None
-    reasoning: StrictBool = False
+    input_type: Literal["query", "document"] = "query"
+    reasoning: StrictBool | None = None
 
     @field_validator("input", mode="before")
     @classmethod
@@ -94,7 +100,7 @@ class SearchRequest(Strict):
     image: StrictStr | None = None
     k: StrictInt = Field(10, ge=1)
     filters: dict[StrictStr, Any] = Field(default_factory=dict)
-    reasoning: StrictBool = False
+    reasoning: StrictBool | None = None  # accepted so that true gets the reasoning policy's 400
 
     @field_validator("filters")
     @classmethod

@@ -1,7 +1,7 @@
 """The model in its own process beside the replica: `python -m moon_ray.serve.worker FD`.
 
-    worker = ModelWorker({"model": "frozen", "device": "cpu", "threads": 1, "batch_size": 32, "reasoning_tokens": 48})
-    worker.info                                   # {"name", "dim", "dimensions", "can_reason"}
+    worker = ModelWorker(model_spec(cfg))         # {"model", "device", "threads", "batch_size", "nice"}
+    worker.info                                   # {"name", "dim", "dimensions", "can_reason", "reasons"}
     vecs, tokens = worker.call("encode", images, texts)
     worker = ModelWorker(spec, wait=False)        # the load runs in the child while the caller loads the index
     worker.wait_ready()
@@ -23,17 +23,20 @@ Operations (run in the child on the encoder, `moon_ray.models.encoder.get_encode
 
 | op              | arguments        | result                                                       |
 | --------------- | ---------------- | ------------------------------------------------------------ |
-| encode          | images, texts    | (float32 (N, D) unit rows, tokens of each text)              |
+| encode          | images, texts    | (float32 (N, D) unit rows, tokens of each text): queries     |
 | encode_products | images, titles   | float32 (N, D): the catalog side                             |
 | embed_products  | images, titles, traces | (float32 (N, D), traces used or None): as `moon-ray index` |
-| reason          | images, texts    | (vectors with traces, traces, tokens of texts, tokens of traces) |
+| documents       | images, titles   | (vectors, traces or None, tokens of titles, tokens of traces or None) |
 
 `spec["nice"]` (optional) lowers the child's CPU priority by that much: the reasoning deployment's
 model process yields the shared cores to the embedding one (serve.reasoning_nice).
 
-Reasoning: the embedder's LM writes a trace for each input (`generate_reasoning`, greedy, at most
-`reasoning_tokens` new tokens), then the input is embedded with it:
-`model(pixels, texts, reasoning=[trace], modality, is_query=True)`.
+Documents (`input_type: document`) are embedded exactly as the index embeds products
+(`index_artifact.embed_products`): a model that reasons (`info["reasons"]`) writes its greedy trace
+for each (`generate_reasoning`, the export's rollout.max_tokens) and embeds image + title + trace; the
+others embed image + title. With `spec["engine"]` vllm or torch (serve.reasoning_engine) a rollout
+engine over the export's merged LM writes the traces instead (eval/traces_job.py `PolicyEngine`, the
+same as `moon-ray traces`). Queries never get a trace: training embeds them without one.
 """
 
 from __future__ import annotations
@@ -43,16 +46,41 @@ import socket
 import subprocess
 import sys
 import threading
-from collections import defaultdict
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
+from moon_ray.config import Config
 from moon_ray.models.encoder import Encoder
 
 STARTUP_TIMEOUT_S = 900.0
 CALL_TIMEOUT_S = 600.0
+
+
+def model_spec(cfg: Config, reasoning: bool = False) -> dict:
+    """What a replica's model process loads: serve.model on the replica's device with max(1, int(cpus))
+    threads; for the reasoning deployment (`reasoning`) with its own CPUs, GPUs, batch and niceness."""
+    s = cfg.serve
+    cpus, gpus, batch, nice = ((s.reasoning_cpus_per_replica, s.reasoning_gpus_per_replica, s.reasoning_batch_size,
+                                s.reasoning_nice) if reasoning else
+                               (s.cpus_per_replica, s.gpus_per_replica, s.max_batch_size, 0))
+    return {"model": s.model, "device": "cuda" if gpus > 0 else "cpu", "threads": max(1, int(cpus)),
+            "batch_size": batch, "nice": nice, "engine": s.reasoning_engine if reasoning else "hf"}
+
+
+class ModelReplica:
+    """A Serve replica that owns a model process (`self.worker`) and the thread that waits on it
+    (`self.executor`): both go when the replica does."""
+
+    worker: ModelWorker | None = None
+    executor = None
+
+    def __del__(self):
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.worker is not None:
+            self.worker.close()
 
 
 class WorkerDied(RuntimeError):
@@ -179,11 +207,25 @@ def load(spec: dict):
     return product_encoder(spec["model"], spec["device"], spec["batch_size"])
 
 
+def rollout_policy(encoder, spec: dict):
+    """A rollout engine writing the traces of a model that reasons (spec["engine"] vllm or torch:
+    serve.reasoning_engine), or None: the LM's own generate (hf), or a model that does not reason."""
+    from moon_ray.eval.index_artifact import reasons
+
+    if spec.get("engine", "hf") == "hf" or not reasons(encoder):
+        return None
+    from moon_ray.eval.traces_job import PolicyEngine, engine_name
+
+    return PolicyEngine(encoder, engine_name(spec["engine"]), spec["threads"])
+
+
 def describe(encoder) -> dict:
+    from moon_ray.eval.index_artifact import reasons
     from moon_ray.serve.validation import allowed_dimensions
 
     return {"name": encoder.name, "dim": int(encoder.dim), "dimensions": list(allowed_dimensions(encoder)),
-            "can_reason": getattr(moon_model(encoder), "can_reason", moon_model(encoder) is not None)}
+            "can_reason": getattr(moon_model(encoder), "can_reason", moon_model(encoder) is not None),
+            "reasons": reasons(encoder)}
 
 
 def moon_model(encoder):
@@ -214,34 +256,16 @@ def embed_products(encoder, images, titles, traces):
     return embed(encoder, images, titles, traces)
 
 
-def reason(encoder, images, texts, max_tokens: int, batch_size: int):
-    import torch
-
-    from moon_ray.models.reasoning import generate_reasoning
+def documents(encoder, images, titles, policy=None):
+    """Products as the index embeds them, with the token counts of titles and traces (None: no traces).
+    `policy` (a traces_job.PolicyEngine) writes the traces on a rollout engine instead of the LM's generate."""
     from moon_ray.serve.validation import count_tokens
 
-    model = moon_model(encoder)
-    if model is None:
-        raise ValueError(f"model {encoder.name!r} has no language model to generate reasoning")
-    out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
-    traces = [""] * len(texts)
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, (image, text) in enumerate(zip(images, texts, strict=True)):
-        groups["multimodal" if image is not None and text else "image" if image is not None else "text"].append(i)
-    with torch.no_grad():
-        for kind, rows in groups.items():
-            for s in range(0, len(rows), batch_size):
-                chunk = rows[s : s + batch_size]
-                pixels = model.pixels([images[i] for i in chunk]) if kind != "text" else None
-                titles = [texts[i] for i in chunk]
-                found = generate_reasoning(model, pixels, titles, max_new_tokens=max_tokens)
-                emb = model(pixels=pixels, texts=titles if kind != "image" else None, reasoning=found,
-                            modality=kind, is_query=True)
-                out[chunk] = emb.embedding.float().cpu().numpy()
-                for i, trace in zip(chunk, found, strict=True):
-                    traces[i] = trace
+    given = policy.traces(list(images), list(titles)) if policy is not None else None
+    vecs, traces = embed_products(encoder, images, titles, given)
     tok = tokenizer_of(encoder)
-    return out, traces, [count_tokens(tok, [t]) if t else 0 for t in texts], [count_tokens(tok, [t]) for t in traces]
+    return (vecs, traces, [count_tokens(tok, [t]) for t in titles],
+            [count_tokens(tok, [t]) for t in traces] if traces is not None else None)
 
 
 def serve_forever(conn: Connection) -> None:
@@ -254,12 +278,13 @@ def serve_forever(conn: Connection) -> None:
             os.nice(int(spec["nice"]))
         torch.set_num_threads(spec["threads"])
         encoder = load(spec)
+        policy = rollout_policy(encoder, spec)
         conn.send((True, describe(encoder)))
     except Exception as e:
         conn.send((False, (type(e).__name__, f"{type(e).__name__}: {e}")))
         return
     ops = {"encode": encode, "encode_products": encode_products, "embed_products": embed_products,
-           "reason": lambda enc, images, texts: reason(enc, images, texts, spec["reasoning_tokens"], spec["batch_size"])}
+           "documents": lambda enc, images, titles: documents(enc, images, titles, policy)}
     while True:
         try:
             op, args = conn.recv()

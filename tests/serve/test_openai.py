@@ -109,24 +109,60 @@ def test_concurrent_requests_are_batched_without_mixing_rows(tiny_client, tiny_l
     assert after["mean_batch_size"] == round(after["items"] / after["batches"], 2)
 
 
-def test_reasoning_trace_is_generated_and_embedded(tiny_client, tiny_local):
-    import torch
+def test_a_document_is_the_same_vector_in_evaluation_the_index_and_the_api(served, tiny_client, tiny_index):
+    """One product (the first of the index's slice) through the evaluation path (eval/embed.py's Ray Data
+    actors), the index-building path (the `moon-ray index` job's artifact) and /v1/embeddings with
+    input_type=document: the same trace, the same vector."""
+    import pyarrow as pa
 
-    from moon_ray.models.reasoning import generate_reasoning
+    from moon_ray.config import load_config
+    from moon_ray.eval.embed import embed_requests_traced
+    from moon_ray.eval.index_artifact import read_index_dir
 
-    text = "Nike Men White Running Shoes"
-    resp = tiny_client.embeddings.create(model="tiny", input=text, encoding_format="float",
-                                         extra_body={"reasoning": True})
-    trace = resp.data[0].model_extra["reasoning"]
-    model = tiny_local.model
-    assert trace == generate_reasoning(model, None, [text], max_new_tokens=8)[0]
-    with torch.no_grad():
-        expected = model(texts=[text], reasoning=[trace], modality="text", is_query=True).embedding[0].numpy()
-    np.testing.assert_allclose(vectors(resp)[0], expected, atol=1e-5)
+    product = served.products[0]
+    request = pa.table({"row": [0], "image": [product["image"]], "text": [product["title"]], "degrade": [None],
+                        "product": [True]}, schema=pa.schema([("row", pa.int64()), ("image", pa.binary()),
+                                                               ("text", pa.string()), ("degrade", pa.string()),
+                                                               ("product", pa.bool_())]))
+    cfg = load_config(None, [f"eval.model={served.export}", "eval.num_actors=1", "eval.cpus_per_actor=0.25"])
+    evaluated, eval_traces = embed_requests_traced(request, cfg)
+    _, indexed, meta = read_index_dir(tiny_index)
+    resp = tiny_client.embeddings.create(model="tiny", input=[], encoding_format="float", extra_body={
+        "input": [{"image": data_url(product["image"]), "text": product["title"]}], "input_type": "document"})
+    served_vec, served_trace = vectors(resp)[0], resp.data[0].model_extra["reasoning"]
+    assert meta["id"][0] == product["id"] and eval_traces[0] == meta["reasoning"][0] == served_trace
+    np.testing.assert_allclose(evaluated[0], indexed[0], atol=1e-5)
+    np.testing.assert_allclose(served_vec, indexed[0], atol=1e-5)
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.model_extra["reasoning_tokens"]
+
+
+def test_a_query_is_embedded_without_a_trace_and_reasoning_on_it_is_a_400(tiny_client, tiny_local):
+    text = "Nike Men White Running Shoes"
+    resp = tiny_client.embeddings.create(model="tiny", input=text, extra_body={"input_type": "query"})
+    assert "reasoning" not in resp.data[0].model_extra  # as training embeds queries: no trace
+    np.testing.assert_allclose(vectors(resp), tiny_local.encode([None], [text]), atol=1e-5)
+    with pytest.raises(openai.BadRequestError, match="without a reasoning trace") as e:
+        tiny_client.embeddings.create(model="tiny", input=text, extra_body={"reasoning": True})
+    assert e.value.body["param"] == "reasoning"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"input_type": "passage"}, "input_type"),
+    ({"input_type": "document"}, "input[0].image"),
+    ({"input_type": "document", "input": [{"image": "IMAGE"}]}, "input[0].text"),
+    ({"input_type": "document", "input": [{"image": "IMAGE", "text": "a"}], "reasoning": False}, "reasoning"),
+])
+def test_bad_document_requests_are_400s_naming_the_field(tiny_client, served, body, param):
+    if "input" in body:
+        body = {**body, "input": [{k: data_url(served.products[0]["image"]) if v == "IMAGE" else v
+                                   for k, v in item.items()} for item in body["input"]]}
+    with pytest.raises(openai.BadRequestError) as e:
+        tiny_client.embeddings.create(model="tiny", input="Men Navy Blue Shirts", extra_body=body)
+    assert e.value.body["param"] == param
 
 
 def test_reasoning_on_a_baseline_is_a_clear_400(frozen_client):
     with pytest.raises(openai.BadRequestError, match="no language model") as e:
-        frozen_client.embeddings.create(model="frozen", input="x", extra_body={"reasoning": True})
+        frozen_client.embeddings.create(model="frozen", input="x", extra_body={
+            "input": [{"image": "aGk=", "text": "x"}], "input_type": "document", "reasoning": True})
     assert e.value.body["param"] == "reasoning"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serve.conftest import LIMITED_KEYS
+from tests.serve.conftest import LIMITED_KEYS, data_url
 
 
 def auth(name: str) -> dict[str, str]:
@@ -112,13 +112,15 @@ def test_metrics_count_routes_batches_and_the_index(served):
 
 
 def test_reasoning_runs_on_its_own_deployment(served):
-    """reasoning=true never reaches the ingress's model process: its batch counter stays put, the request
-    shows up as kind=reasoning with op=reason batches, and more inputs than the cap are refused."""
+    """Documents of a model that reasons never reach the ingress's model process: its batch counter stays
+    put, the request shows up as kind=reasoning with op=reason batches, and more inputs than the cap are
+    refused."""
     headers = {"Authorization": f"Bearer {served.key}"}
+    documents = [{"image": data_url(p["image"]), "text": p["title"]} for p in served.products[:3]]
     health = httpx.get(f"{served.tiny_url}/healthz", timeout=60).json()["batching"]
     before = samples(served.tiny_url)
-    r = httpx.post(f"{served.tiny_url}/v1/embeddings", json={"model": "tiny", "input": ["red dress", "blue jeans"],
-                                                              "reasoning": True}, headers=headers, timeout=120)
+    r = httpx.post(f"{served.tiny_url}/v1/embeddings", json={"model": "tiny", "input": documents[:2],
+                                                              "input_type": "document"}, headers=headers, timeout=120)
     assert r.status_code == 200, r.text
     assert all(isinstance(row["reasoning"], str) for row in r.json()["data"])
     assert httpx.get(f"{served.tiny_url}/healthz", timeout=60).json()["batching"] == health
@@ -127,7 +129,7 @@ def test_reasoning_runs_on_its_own_deployment(served):
         value(before, "moon_serve_requests_total", route="/v1/embeddings", kind="reasoning", status="200") == 1
     assert value(after, "moon_serve_model_batch_size_count", op="reason") > \
         value(before, "moon_serve_model_batch_size_count", op="reason")
-    many = {"model": "tiny", "input": ["a", "b", "c"], "reasoning": True}  # serve.reasoning_max_inputs=2
+    many = {"model": "tiny", "input": documents, "input_type": "document"}  # serve.reasoning_max_inputs=2
     r = httpx.post(f"{served.tiny_url}/v1/embeddings", json=many, headers=headers, timeout=60)
     assert r.status_code == 400 and "serve.reasoning_max_inputs" in r.json()["error"]["message"]
 

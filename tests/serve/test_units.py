@@ -130,9 +130,9 @@ def test_model_worker_restarts_after_its_process_dies(monkeypatch):
 
     from moon_ray.serve import worker as W
 
-    w = W.ModelWorker({"model": "random", "device": "cpu", "threads": 1, "batch_size": 8, "reasoning_tokens": 4})
+    w = W.ModelWorker({"model": "random", "device": "cpu", "threads": 1, "batch_size": 8, "nice": 0, "engine": "hf"})
     try:
-        assert w.info == {"name": "random", "dim": 256, "dimensions": [256], "can_reason": False}
+        assert w.info == {"name": "random", "dim": 256, "dimensions": [256], "can_reason": False, "reasons": False}
         vecs, tokens = w.call("encode", [None, None], ["two words", "one"])
         assert vecs.shape == (2, 256) and tokens == [2, 1]
         with pytest.raises(ValueError, match="neither an image nor a text"):
@@ -321,15 +321,15 @@ def test_reasoner_capacity_and_timeout_become_503_and_504(monkeypatch):
     replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=128))
     monkeypatch.setattr(serve, "get_replica_context", lambda: replica)  # serve.batch outside a replica
     model = SlowEncoder()
-    model.info = dict(model.info, can_reason=True)
+    model.info = dict(model.info, can_reason=True, reasons=True)
     scfg = load_config(None, ["serve.reasoning_timeout_s=0.2", "serve.reasoning_max_inputs=2"]).serve
 
     async def scenario(outcome):
         engine = Engine(model, scfg, set(), reasoner=Handle(outcome))
         with pytest.raises(ApiError) as e:
-            await engine.embed_with_reasoning([Item(None, "x")])
+            await engine.embed_documents([Item(b"jpeg", "x")])
         with pytest.raises(ApiError, match="at most 2 per request"):
-            await engine.embed_with_reasoning([Item(None, "x")] * 3)
+            await engine.embed_documents([Item(b"jpeg", "x")] * 3)
         return e.value, engine
 
     full, _ = asyncio.run(scenario("full"))
@@ -338,3 +338,29 @@ def test_reasoner_capacity_and_timeout_become_503_and_504(monkeypatch):
     assert (slow.status, slow.code) == (504, "reasoning_timeout")
     assert engine.reasoner.responses[0].cancelled and engine.reasoning_inflight == 0
     assert model.calls == []  # the embedding model process was never asked
+
+
+@pytest.mark.parametrize("engine", ["torch", "vllm"])
+def test_documents_from_a_rollout_engine_equal_the_index_path(tiny_export, real_slice, engine):
+    """serve.reasoning_engine: a rollout engine over the export's merged LM writes each document's greedy
+    trace (eval/traces_job.PolicyEngine); the document is then embedded exactly as the index embeds it.
+    The torch engine's traces are the LM's own greedy ones; vLLM's are at least embedded consistently."""
+    if engine == "vllm":
+        pytest.importorskip("vllm")
+    from moon_ray.eval.index_artifact import embed_products
+    from moon_ray.eval.traces_job import PolicyEngine
+    from moon_ray.models.encoder import get_encoder
+    from moon_ray.serve.worker import documents
+    from tests.serve.conftest import first_products
+
+    encoder = get_encoder(str(tiny_export))
+    products = first_products(real_slice, 3)
+    images, titles = [p["image"] for p in products], [p["title"] for p in products]
+    vecs, traces, title_tokens, trace_tokens = documents(encoder, images, titles, PolicyEngine(encoder, engine, 1))
+    again, used = embed_products(encoder, images, titles, traces)
+    assert used == traces and all(isinstance(t, str) for t in traces) and len(trace_tokens) == 3
+    np.testing.assert_allclose(vecs, again, atol=1e-6)
+    if engine == "torch":
+        hf_vecs, hf_traces, _, _ = documents(encoder, images, titles)
+        assert traces == hf_traces
+        np.testing.assert_allclose(vecs, hf_vecs, atol=1e-5)
