@@ -22,6 +22,7 @@ import torch
 ENGINES: dict[str, str] = {
     "torch": "moon_ray.rollout.torch_engine:TorchEngine",
     "vllm": "moon_ray.rollout.vllm_engine:VLLMEngine",
+    "simulated": "moon_ray.rollout.simulated:SimulatedEngine",  # a fixed sleep per token (benches, tests)
 }
 
 

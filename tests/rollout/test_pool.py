@@ -147,3 +147,18 @@ def test_the_pool_is_found_by_its_run_key_and_refusals_are_control_errors(ray_lo
                 break
             time.sleep(0.1)
         find_pool()
+
+
+def test_simulated_engine_costs_a_sleep_per_decoding_step():
+    from moon_ray.rollout.simulated import SimulatedEngine
+
+    engine = SimulatedEngine(token_s=0.01, batch_size=4)
+    start = time.perf_counter()
+    groups = engine.generate([torch.zeros(2, 8)] * 3, SamplingConfig(n=2, max_tokens=5, seed=1))
+    assert time.perf_counter() - start >= 2 * 5 * 0.01  # ceil(3·2 / 4) = 2 steps of 5 tokens
+    assert [len(g) for g in groups] == [2, 2, 2] and all(len(r.token_ids) == 5 == len(r.logprobs) for g in groups for r in g)
+    assert all(r.meta["simulated"] and r.version == 0 for g in groups for r in g)
+    engine.update_weights(iter([("w", torch.zeros(1))]), version=4)
+    assert engine.version == 4 and engine.info()["busy_s"] >= 0.1
+    with pytest.raises(ValueError, match="no tensors"):
+        engine.update_weights(iter([]), version=5)
