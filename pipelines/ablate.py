@@ -19,15 +19,13 @@ metrics with intervals, training seconds, and whether each metric's interval ove
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 from moon_ray.config import load_config
+from moon_ray.eval.arms import train_or_reuse, with_model
 from moon_ray.eval.evaluate import run_eval
 from moon_ray.eval.report import compare, overlap
-from moon_ray.infrastructure.timing import timed
-from moon_ray.train.driver import run_train
 
 ARMS: dict[str, list[str]] = {
     "full": [],
@@ -45,26 +43,12 @@ def arm_config(name: str, args):
     return load_config(args.config, [*common, *args.overrides, *ARMS[name]])
 
 
-def train_arm(name: str, args) -> dict:
-    """The arm's training summary (reused when --reuse and a finished run of --steps is there)."""
-    done = args.out / name / "summary.json"
-    if args.reuse and done.exists() and json.loads(done.read_text()).get("steps") == args.steps:
-        return json.loads(done.read_text())
-    with timed("train") as phase:
-        summary = run_train(arm_config(name, args))
-    summary["wall_s"] = round(phase.seconds, 1)
-    done.write_text(json.dumps(summary, indent=2))
-    return summary
-
-
 def eval_arm(name: str, args) -> Path:
     """Test results of the arm's val-chosen export, in eval/<name> (reused with --reuse)."""
     out = args.out / "eval" / name
     if args.reuse and (out / "results.json").exists():
         return out
-    cfg = arm_config(name, args)
-    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, model=str(args.out / name / "export")))
-    results = run_eval(cfg)
+    results = run_eval(with_model(arm_config(name, args), str(args.out / name / "export")))
     produced = Path(results["output_dir"])
     if produced != out:  # the report names its directory after the model; keep one per arm
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args.eval_every = args.eval_every or max(1, args.steps // 2)
     runs, dirs = {}, []
     for arm in args.arms:
-        runs[arm] = train_arm(arm, args)
+        runs[arm] = train_or_reuse(arm_config(arm, args), args.out / arm, args.reuse, steps=args.steps)
         dirs.append(eval_arm(arm, args))
         print(f"[ablate] {arm}: trained and evaluated", flush=True)
     print(compare(dirs, args.out / "compare"))

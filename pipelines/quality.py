@@ -19,15 +19,13 @@ table + every metric with intervals to bench/results/quality.json (--results-jso
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 from moon_ray.config import load_config
+from moon_ray.eval.arms import cached_json, train_or_reuse, with_model
 from moon_ray.eval.evaluate import run_eval
 from moon_ray.eval.kagl import run_kagl
-from moon_ray.infrastructure.timing import timed
-from moon_ray.train.driver import run_train
 
 JOINT_YAML = Path(__file__).parent / "configs" / "joint.yaml"
 ARMS = ("frozen", "dual", "moon", "moon_joint")
@@ -65,29 +63,24 @@ def arm_config(arm: str, args):
     return load_config(JOINT_YAML, [*common, *joint])
 
 
+def kept(results: dict) -> dict:
+    """What an arm's <arm>-<protocol>.json keeps of an evaluation's results."""
+    return {k: results[k] for k in ("metrics", "ci95", "counts", "n_products", "split")}
+
+
 def run_arm(arm: str, args) -> dict:
     """Train (unless frozen or reused), then both evaluations of the val-chosen model on test."""
     cfg = arm_config(arm, args)
     record: dict = {"arm": arm}
     model = "frozen"
     if arm != "frozen":
-        done = args.out / arm / "summary.json"
-        if not (args.reuse and done.exists()):
-            with timed("train") as phase:
-                summary = run_train(cfg)
-            summary["wall_s"] = round(phase.seconds, 1)
-            done.write_text(json.dumps(summary, indent=2))
-        summary = json.loads(done.read_text())
+        summary = train_or_reuse(cfg, args.out / arm, args.reuse)
         record.update(selected=summary.get("selected"), train_s=summary.get("seconds"), steps=summary.get("steps"))
         model = str((args.out / arm / "export").resolve())
-    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, model=model))
+    cfg = with_model(cfg, model)
     for protocol, runner in (("mbe", run_eval), ("kagl", run_kagl)):
-        path = args.out / f"{arm}-{protocol}.json"
-        if not (args.reuse and path.exists()):
-            results = runner(cfg)
-            path.write_text(json.dumps({k: results[k] for k in ("metrics", "ci95", "counts", "n_products", "split")},
-                                       indent=2))
-        record[protocol] = json.loads(path.read_text())
+        record[protocol] = cached_json(args.out / f"{arm}-{protocol}.json", args.reuse,
+                                       lambda runner=runner: kept(runner(cfg)))
     return record
 
 

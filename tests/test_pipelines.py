@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +40,6 @@ def test_ablation_arms_differ_only_in_their_switch(tmp_path):
 
 def test_ablation_pipeline_end_to_end(ray_local, real_slice, tmp_path):
     """Two arms of one step each with a tiny model: val choice, test eval, table and JSON."""
-    import json
-
     from tests.train.tiny_lm import write_tiny_lm
 
     tiny = write_tiny_lm(tmp_path / "tiny-lm", scale=2.0)
@@ -71,3 +70,24 @@ def test_quality_arms_share_the_test_split_and_chain_joint_from_moon(tmp_path):
     assert moon.train.eval_every > 0 and moon.model.arch == "moon"
     assert joint.rollout.enabled and joint.train.init_from == str(tmp_path / "moon" / "export")
     assert joint.train.steps == 4 and quality.arm_config("dual", args).model.arch == "dual"
+
+
+def test_arms_reuse_a_finished_training_only_of_the_asked_steps(tmp_path, monkeypatch):
+    """train_or_reuse trains (timed, written to summary.json) unless --reuse finds a run of --steps;
+    cached_json keeps what is there only with --reuse."""
+    from moon_ray.eval import arms
+
+    trained = []
+    monkeypatch.setattr(arms, "run_train", lambda cfg: trained.append(cfg) or {"steps": cfg, "selected": {"step": 1}})
+    first = arms.train_or_reuse(6, tmp_path, reuse=True, steps=6)
+    assert trained == [6] and first["wall_s"] >= 0
+    assert json.loads((tmp_path / "summary.json").read_text()) == first
+    assert arms.train_or_reuse(6, tmp_path, reuse=True, steps=6) == first and trained == [6]
+    assert arms.train_or_reuse(8, tmp_path, reuse=True, steps=8)["steps"] == 8 and trained == [6, 8]
+    assert arms.train_or_reuse(8, tmp_path, reuse=True)["steps"] == 8 and trained == [6, 8]  # no steps: any run
+    arms.train_or_reuse(8, tmp_path, reuse=False)
+    assert trained == [6, 8, 8]
+    path = tmp_path / "arm-mbe.json"
+    assert arms.cached_json(path, True, lambda: {"n": 1}) == {"n": 1}
+    assert arms.cached_json(path, True, lambda: {"n": 2}) == {"n": 1}
+    assert arms.cached_json(path, False, lambda: {"n": 3}) == {"n": 3} == json.loads(path.read_text())
