@@ -16,7 +16,7 @@ from moon_ray.train.task import make_batch
 from moon_ray.train.worker import build_training, train_step
 from moon_ray.weight_sync.base import merged_weights
 from moon_ray.weight_sync.transport import create_transport
-from tests.train.test_model_and_step import rows
+from tests.models.batches import rows
 from tests.train.tiny_lm import write_tiny_lm
 
 
@@ -52,15 +52,22 @@ def test_split_evenly():
     assert [len(r) for r in split_evenly(2, 4)] == [1, 1]
 
 
-def test_joint_step_generates_rewards_and_updates(ray_local, diverse_dir):
-    cfg = joint_cfg(diverse_dir, "rollout.max_tokens=8")
+def joint_step_inputs(model_dir, *extra):
+    """What one joint step takes: a joint config on model_dir (8-token traces), its model, temperature,
+    optimizer and schedule, a batch of 4 rows, and that batch's rollouts from a fresh one-worker pool."""
+    cfg = joint_cfg(model_dir, "rollout.max_tokens=8", *extra)
     model, temperature, opt, sched = build_training(cfg, torch.device("cpu"))
     batch = make_batch(rows(4), random.Random(0), 224)
-    pool = RolloutPool.remote("torch", {"model_dir": str(diverse_dir), "threads": 1}, 1, 0.25)
+    pool = RolloutPool.remote("torch", {"model_dir": str(model_dir), "threads": 1}, 1, 0.25)
     try:
         rollouts = generate_phase(model, pool, batch, cfg, trainer_version=0, seed=1)
     finally:
         ray.get(pool.shutdown.remote())
+    return cfg, (model, temperature, opt, sched), batch, rollouts
+
+
+def test_joint_step_generates_rewards_and_updates(ray_local, diverse_dir):
+    cfg, (model, temperature, opt, sched), batch, rollouts = joint_step_inputs(diverse_dir)
     assert [len(g) for g in rollouts.traces] == [3, 3, 3, 3]
     assert all(r.version == 0 and len(r.logprobs) == len(r.token_ids) > 0 for g in rollouts.traces for r in g)
     texts = [[r.text for r in g] for g in rollouts.traces]

@@ -15,7 +15,8 @@ from moon_ray.models import precision
 from moon_ray.models.embedder import MoonEmbedder
 from moon_ray.train.task import TrainingModule, make_batch, training_forward
 from moon_ray.train.worker import build_training, train_step
-from tests.train.test_model_and_step import rows, tiny_cfg
+from tests.models.batches import rows
+from tests.train.test_model_and_step import tiny_cfg
 
 
 def test_auto_picks_bf16_only_where_bf16_matmuls_are_fast(monkeypatch):
@@ -115,22 +116,12 @@ def test_bf16_joint_step_rewards_grpo_and_updates(ray_local, tmp_path):
     """Joint training in bf16: prompt embeddings go to a fp32 rollout engine, the reward pass and the
     GRPO pass (the LM called directly, outside the embedder's forward) run on the step's bf16 copies,
     and GRPO moves the adapters of a layer only it reaches."""
-    import ray
-
-    from moon_ray.rollout.pool import RolloutPool
-    from moon_ray.train.joint import JointTrainingModule, generate_phase
-    from tests.train.test_joint import joint_cfg
+    from moon_ray.train.joint import JointTrainingModule
+    from tests.train.test_joint import joint_step_inputs
     from tests.train.tiny_lm import write_tiny_lm
 
     tiny = write_tiny_lm(tmp_path / "tiny-lm", seed=1, scale=2.0)
-    cfg = joint_cfg(tiny, "rollout.max_tokens=8", "train.precision=bf16")
-    model, temperature, opt, sched = build_training(cfg, torch.device("cpu"))
-    batch = make_batch(rows(4), random.Random(0), 224)
-    pool = RolloutPool.remote("torch", {"model_dir": str(tiny), "threads": 1}, 1, 0.25)
-    try:
-        rollouts = generate_phase(model, pool, batch, cfg, trainer_version=0, seed=1)
-    finally:
-        ray.get(pool.shutdown.remote())
+    cfg, (model, temperature, opt, sched), batch, rollouts = joint_step_inputs(tiny, "train.precision=bf16")
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n and ".layers.3." in n}
     metrics = train_step(JointTrainingModule(model, temperature, cfg), opt, sched, batch, cfg, rollouts)
     assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("loss", "grpo_loss", "reward_mean"))
