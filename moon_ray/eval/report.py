@@ -23,6 +23,9 @@ TASK_NAMES = {
     "image_same": "image → product (same, degraded)",
     "image_similar": "image → product (similar)",
     "image_text": "image+text → product",
+    "image_same_lowres": "image → product (same, degraded), 60×80 catalog",
+    "image_text_lowres": "image+text → product, 60×80 catalog",
+    "text_unseen_lowres": "text → product, unseen wording, 60×80 catalog",
 }
 ORDER = ["text_unseen/nDCG@10", "text_unseen/hit@1", "text_unseen/hit@10", "text/nDCG@10", "text/hit@1",
          "text/hit@10", "image_same/R@1", "image_same/R@10", "image_similar/nDCG@10", "image_text/R@1",
