@@ -166,3 +166,20 @@ def test_index_command_is_registered():
 
     args = build_parser("index").parse_args(["index", "--model", "frozen", "--out", "x", "serve.index_limit=5"])
     assert (args.model, args.out, args.overrides) == ("frozen", "x", ["serve.index_limit=5"])
+
+
+def test_training_builds_the_index_beside_its_export(ray_local, real_slice, tmp_path):
+    """`moon-ray train`'s last step (serve.index_after_export): the export's index at <export>-index, where
+    `moon-ray serve --model <export>` looks first; nothing when it is off or search is."""
+    from moon_ray.eval.index_artifact import read_manifest
+    from moon_ray.train.driver import index_beside_export
+
+    export = write_export(tmp_path / "run")
+    base = [f"data.output_dir={real_slice}", "serve.index_limit=10", "serve.index_actors=1",
+            "serve.index_cpus_per_actor=0.5", "serve.index_batch_size=5"]
+    out = index_beside_export(cfg_for(*base), export)
+    assert out == tmp_path / "run" / "export-index"
+    manifest = read_manifest(out)
+    assert manifest["identity"] == model_identity(str(export)) and manifest["count"] == 10
+    assert index_beside_export(cfg_for(*base, "serve.index_after_export=false"), export) is None
+    assert index_beside_export(cfg_for(*base, "serve.index_limit=0"), export) is None
