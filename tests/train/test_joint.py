@@ -30,7 +30,7 @@ def joint_cfg(tiny_dir, *extra):
         f"model.lm.path={tiny_dir}", "model.vision.name=tiny", "model.vision.pretrained=false", "model.embed_dim=32",
         "model.matryoshka=[16,32]", "model.lm.embed_layers=2", "train.batch_size=4", "train.warmup_steps=0", "train.lr=0.01",
         "rollout.enabled=true", "rollout.engine=torch", "rollout.group_size=3", "rollout.max_tokens=6",
-        "rollout.cpus_per_worker=0.25", "rollout.num_workers=2", *extra,
+        "rollout.cpus_per_worker=0.25", "rollout.num_workers=2", "serve.index_after_export=false", *extra,
     ])
 
 

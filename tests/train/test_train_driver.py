@@ -19,7 +19,7 @@ def contrastive_cfg(tiny_dir, real_slice, out, *extra):
         "model.matryoshka=[16,32]", "model.lm.embed_layers=2", "train.batch_size=4", "train.warmup_steps=0",
         "train.lr=0.01", f"data.output_dir={real_slice}", f"train.output_dir={out}", "train.log_every=1",
         "train.checkpoint_every=2", "train.cpus_per_worker=0.5", "train.num_workers=2", "ray.progress=false",
-        "train.eval_every=0", *extra,
+        "train.eval_every=0", "serve.index_after_export=false", *extra,
     ])
 
 
