@@ -136,15 +136,27 @@ def cold_start(model: str, query: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- isolation
-async def reasoning_clients(port: int, model: str, texts: list[str], clients: int, stop: asyncio.Event) -> dict:
-    """`clients` connections each sending one-input reasoning=true requests back to back until `stop`."""
+def catalog_documents(cfg, n: int = 16) -> list[dict]:
+    """`n` test-split products as `/v1/embeddings` document inputs (image + title): what makes a reasoning
+    model write a trace (queries are embedded without one, as training embeds them)."""
+    from moon_ray.eval.data import read_products
+
+    table = read_products(cfg.data.output_dir, ["title", "image"], "test", n, "data.output_dir",
+                          "run `moon-ray preprocess` first")
+    return [{"text": t, "image": base64.b64encode(b).decode()}
+            for t, b in zip(table.column("title").to_pylist(), table.column("image").to_pylist(), strict=True)]
+
+
+async def reasoning_clients(port: int, model: str, docs: list[dict], clients: int, stop: asyncio.Event) -> dict:
+    """`clients` connections each sending one-product document requests (a trace each) back to back until
+    `stop`."""
     latencies, codes = [], {}
 
     async def client(i: int):
         conn = Connection("127.0.0.1", port)
         n = i
         while not stop.is_set():
-            body = json.dumps({"model": model, "input": texts[n % len(texts)], "reasoning": True}).encode()
+            body = json.dumps({"model": model, "input": [docs[n % len(docs)]], "input_type": "document"}).encode()
             t = time.perf_counter()
             try:
                 status, _ = await conn.post("/v1/embeddings", body)
@@ -164,9 +176,9 @@ async def reasoning_clients(port: int, model: str, texts: list[str], clients: in
             "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None}
 
 
-async def plain_with_reasoning(port, model, texts, concurrency, dim, reasoning_texts, clients):
+async def plain_with_reasoning(port, model, texts, concurrency, dim, docs, clients):
     stop = asyncio.Event()
-    background = asyncio.create_task(reasoning_clients(port, model, reasoning_texts, clients, stop))
+    background = asyncio.create_task(reasoning_clients(port, model, docs, clients, stop))
     await asyncio.sleep(2.0)  # the reasoners are generating before the measurement starts
     try:
         plain = await load(port, model, texts, concurrency, dim)
@@ -190,13 +202,14 @@ def isolation(cfg, texts: list[str], rounds: int, concurrency: int = 16, clients
         card = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]
         assert card["reasoning"], "isolation needs a model that reasons: an exported MOON model"
         port, model, dim = cfg.serve.port, card["id"], card["dim"]
-        warm = httpx.post(f"{url}/v1/embeddings", json={"model": model, "input": texts[0], "reasoning": True},
+        docs = catalog_documents(cfg)
+        warm = httpx.post(f"{url}/v1/embeddings", json={"model": model, "input": docs[:1], "input_type": "document"},
                           timeout=600)
         assert warm.status_code == 200, warm.text
         alone, beside, reasoners = [], [], []
         for r in range(rounds):
             a = asyncio.run(load(port, model, texts, concurrency, dim))
-            b, bg = asyncio.run(plain_with_reasoning(port, model, texts, concurrency, dim, texts[::-1], clients))
+            b, bg = asyncio.run(plain_with_reasoning(port, model, texts, concurrency, dim, docs, clients))
             alone.append(a)
             beside.append(b)
             reasoners.append(bg)
