@@ -193,17 +193,20 @@ class ProgressActor:
     """Rank 0 pushes (step, metrics); the driver polls it for the progress bar."""
 
     def __init__(self):
-        self.step, self.metrics, self.rows, self.restarted = 0, {}, [], 0
+        self.step, self.metrics, self.rows, self.restored = 0, {}, [], []
 
     def update(self, step: int, metrics: dict) -> None:
-        if step <= self.step:  # the worker group restarted from a checkpoint (train.max_failures)
-            self.restarted += 1
-            self.rows = [r for r in self.rows if r.get("step", 0) < step]
         self.step, self.metrics = step, metrics
         self.rows.append(metrics)
 
-    def restarts(self) -> int:
-        return self.restarted
+    def restarted(self, step: int) -> None:
+        """Ray Train restarted the worker group from the checkpoint of `step`: later rows are redone."""
+        self.restored.append(step)
+        self.rows = [r for r in self.rows if r.get("step", 0) <= step]
+        print(f"trainer workers restarted from the checkpoint of step {step} (train.max_failures)", flush=True)
+
+    def restarts(self) -> list[int]:
+        return self.restored
 
     def latest(self):
         return self.step, self.metrics
