@@ -216,3 +216,22 @@ def test_sft_step_trains_the_lm_on_rationales(lm_dir):
         last = train_step(module, opt, sched, batch, cfg, item)
     assert last["sft_nll"] < first["sft_nll"]
     assert side.after_step(model, 1, joint.PhaseTimer()) == {}  # rank 1 never syncs
+
+
+def test_merge_pass_metrics_averages_grpo_and_keeps_the_last_ratio():
+    passes = [{"text_loss": 1.0, "grpo_ratio": 1.0, "grpo_clip_frac": 0.0, "grad_norm": 3.0},
+              {"grpo_ratio": 1.2, "grpo_clip_frac": 0.5, "grad_norm": 5.0}]
+    out = joint.merge_pass_metrics(passes)
+    assert out["text_loss"] == 1.0 and out["grad_norm"] == 3.0 and out["grpo_passes"] == 2.0
+    assert out["grpo_ratio"] == pytest.approx(1.1) and out["grpo_clip_frac"] == pytest.approx(0.25)
+    assert out["grpo_ratio_last"] == 1.2 and out["grpo_clip_frac_last"] == 0.5
+
+
+def test_rank0_syncs_when_grpo_starts_after_sft_and_then_every_interval(lm_dir, monkeypatch):
+    synced = []
+    monkeypatch.setattr(joint, "sync_phase", lambda model, pool, version, transport: synced.append(version) or {})
+    cfg = cfg_for(lm_dir, "rollout.sft_steps=2", "rollout.sync_interval=3")
+    side = RolloutSide(pool=None, cfg=cfg, rank=0)
+    for step in range(1, 8):
+        side.after_step(None, step, joint.PhaseTimer())
+    assert synced == [2, 3, 6]  # none during SFT, the SFT weights when GRPO starts, then every 3 steps
