@@ -161,7 +161,7 @@ class RolloutConfig:
     )
     format_weight: float = opt(
         0.1, "Format penalty: a broken trace (length, title copied or repeated, repetition) gets "
-        "-format_weight, a well-formed one 0."
+        "-format_weight; a good one gets 0."
     )
     grpo_epochs: int = opt(1, "Passes of GRPO over each rollout batch (PPO epochs).")
     grpo_minibatches: int = opt(
