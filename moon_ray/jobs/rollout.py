@@ -90,7 +90,7 @@ def run_control(client, python: str, runtime_env: dict, args: list[str], timeout
         logs = client.get_job_logs(job_id)
     finally:
         if status in TERMINAL:
-            delete_ended_job(client, job_id, settle_s=1.0)
+            delete_ended_job(client, job_id)
         else:
             client.stop_job(job_id)
     for line in reversed(logs.splitlines()):
