@@ -47,7 +47,7 @@ def test_status_and_scale_of_a_running_jobs_pool(head, tmp_path, monkeypatch, ca
     client, _, _ = connect(head.address)
     job = client.submit_job(entrypoint=f"python -m tests.rollout.pool_job {tiny} {stop}",
                             runtime_env=build_runtime_env(), submission_id="raysubmit_pooltest")
-    idle = client.submit_job(entrypoint="python -c 'import time; time.sleep(300)'", submission_id="raysubmit_nopool")
+    idle = client.submit_job(entrypoint="python -c 'import time; time.sleep(1800)'", submission_id="raysubmit_nopool")
     try:
         wait_status(client, job, {"RUNNING"})
         deadline = time.monotonic() + 240
