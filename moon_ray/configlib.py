@@ -223,7 +223,7 @@ def _yaml_section(obj: Any, depth: int, out: list[str]) -> None:
         if depth == 0 and out:
             out.append("")  # a blank line before each top-level section
         help_text = f.metadata.get("help", "")
-        out.extend(f"{pad}# {line}" for line in textwrap.wrap(help_text, width=max(40, 108 - len(pad))))
+        out.extend(f"{pad}# {line}" for line in textwrap.wrap(help_text, width=max(40, 108 - len(pad)), break_on_hyphens=False))
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             out.append(f"{pad}{f.name}:")
