@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from moon_ray.infrastructure.timing import Stopwatch
 from moon_ray.rollout.base import Rollout, RolloutEngine, SamplingConfig
 
 
@@ -34,7 +35,7 @@ class SimulatedEngine(RolloutEngine):
         self.busy_s = 0.0  # seconds spent generating and loading, for idle fractions
 
     def generate(self, prompts: Sequence[torch.Tensor], sampling: SamplingConfig) -> list[list[Rollout]]:
-        start = time.perf_counter()
+        watch = Stopwatch()
         steps = math.ceil(len(prompts) * sampling.n / self.batch_size) * sampling.max_tokens
         time.sleep(steps * self.token_s)
         rng = random.Random(sampling.seed)
@@ -42,16 +43,16 @@ class SimulatedEngine(RolloutEngine):
         groups = [[Rollout([rng.randrange(self.vocab) for _ in range(sampling.max_tokens)], "", [lp] * sampling.max_tokens,
                            self.version, finished=False, meta={"simulated": True}) for _ in range(sampling.n)]
                   for _ in prompts]
-        self.busy_s += time.perf_counter() - start
+        self.busy_s += watch.elapsed()
         return groups
 
     def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
-        start = time.perf_counter()
+        watch = Stopwatch()
         if sum(1 for _ in weights) == 0:
             raise ValueError("update_weights received no tensors")
         time.sleep(self.load_s)
         self.version = version
-        self.busy_s += time.perf_counter() - start
+        self.busy_s += watch.elapsed()
 
     def info(self) -> dict:
         return super().info() | {"simulated": True, "busy_s": round(self.busy_s, 4)}
