@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from moon_ray.infrastructure.timing import Stopwatch
 from moon_ray.jobs.client import TERMINAL, connect, quiet_ray_logs, translate_errors
 from moon_ray.jobs.errors import JobsError, JobsTimeout
 from moon_ray.jobs.interpreter import delete_ended_job
@@ -80,10 +81,10 @@ def run_control(client, python: str, runtime_env: dict, args: list[str], timeout
     entrypoint = shlex.join([python, "-m", "moon_ray.rollout.control", *args])
     client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id,
                       metadata={"moon_ray_control": "rollout"})
-    deadline, status = time.monotonic() + timeout, "PENDING"
+    watch, status = Stopwatch(), "PENDING"
     try:
         while status not in TERMINAL:
-            if time.monotonic() > deadline:
+            if watch.elapsed() > timeout:
                 raise JobsTimeout(f"no answer from the pool within {timeout:g} s (control job {job_id})")
             time.sleep(0.5)
             status = client.get_job_status(job_id).value

@@ -48,15 +48,16 @@ def pool_name(key: str) -> str:
 def create_pool(args: tuple, kwargs: dict, namespace: str, key: str | None = None, wait_s: float = 30.0):
     """Start RolloutPool(*args, **kwargs) named for this run in `namespace`. A name still held by this
     driver's previous pool (a pipeline that trains twice; the old one was just killed) is waited for."""
+    from moon_ray.infrastructure.timing import Stopwatch
     from moon_ray.rollout.pool import RolloutPool
 
     name = pool_name(key or run_key())
-    deadline = time.monotonic() + wait_s
+    watch = Stopwatch()
     while True:
         try:
             return RolloutPool.options(name=name, namespace=namespace).remote(*args, **kwargs)
         except ValueError as e:
-            if "already taken" not in str(e) or time.monotonic() > deadline:
+            if "already taken" not in str(e) or watch.elapsed() > wait_s:
                 raise ValueError(f"{e} (a rollout pool of this run is still alive after {wait_s:g} s)") from None
             time.sleep(0.5)
 

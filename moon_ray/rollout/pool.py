@@ -39,7 +39,7 @@ import ray
 import torch
 
 from moon_ray.infrastructure import resources
-from moon_ray.infrastructure.timing import timed
+from moon_ray.infrastructure.timing import Stopwatch, timed
 from moon_ray.rollout.base import Rollout, SamplingConfig, create_engine
 from moon_ray.weight_sync.base import merge_adapter
 from moon_ray.weight_sync.object_store import ObjectStoreTransport, Payload
@@ -151,7 +151,7 @@ class Member:
     node: str
     version: int  # the policy version it last loaded (object store) or generated with
     inflight: int = 0  # groups it is generating now
-    joined: float = field(default_factory=time.time)
+    up: Stopwatch = field(default_factory=Stopwatch)  # since it joined
 
     @property
     def key(self) -> str:
@@ -217,7 +217,7 @@ class RolloutPool:
         return {"CPU": self.options["num_cpus"], "GPU": self.options["num_gpus"], **self.options["resources"]}
 
     def _event(self, what: str, **details) -> None:
-        self.events.append({"t": round(time.time(), 3), "event": what, **details})
+        self.events.append({"t": round(time.time(), 3), "event": what, **details})  # time of day, for people
         print(f"[rollout pool] {what}: " + ", ".join(f"{k}={v}" for k, v in details.items()), flush=True)
 
     def _member(self, key: str) -> Member | None:
@@ -345,7 +345,7 @@ class RolloutPool:
         """What the pool holds, from its own records (never waits on a busy actor)."""
         with self._lock:
             members = [{"pid": m.pid, "node": m.node, "version": m.version, "inflight_groups": m.inflight,
-                        "up_s": round(time.time() - m.joined, 1)} for m in self.members]
+                        "up_s": round(m.up.elapsed(), 1)} for m in self.members]
         return {"workers": len(members), "version": self.version, "restarts": self.restarts,
                 "max_restarts": self.max_restarts, "requeued_groups": self.requeued_groups,
                 "generated_groups": self.generated_groups, "engine": self.engine, "resources": self._need(),
