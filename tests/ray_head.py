@@ -101,7 +101,8 @@ def local_head(path: str) -> Iterator[SimpleNamespace]:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
-        _wait_ready(address, token, proc, log, timeout=120)
+        # a loaded machine can take longer: MOON_RAY_TEST_HEAD_TIMEOUT=300
+        _wait_ready(address, token, proc, log, timeout=float(os.environ.get("MOON_RAY_TEST_HEAD_TIMEOUT", 120)))
         yield SimpleNamespace(address=address, token=token, token_path=base / "token", base=base)
     finally:
         _stop(proc, address, token)
