@@ -248,15 +248,10 @@ def check_sources(cfg: Config) -> str:
 
 
 def deployment_options(cfg: Config) -> dict[str, Any]:
-    from moon_ray.infrastructure.resources import SERVE, request
+    from moon_ray.serve.worker import replica_actor_options
 
     s = cfg.serve
-    actor: dict[str, Any] = {"num_cpus": s.cpus_per_replica}
-    if s.gpus_per_replica:
-        actor["num_gpus"] = s.gpus_per_replica
-    custom = request(SERVE, cfg.ray.use_custom_resources)
-    if custom:
-        actor["resources"] = custom
+    actor = replica_actor_options(cfg, s.cpus_per_replica, s.gpus_per_replica)
     opts: dict[str, Any] = {"ray_actor_options": actor, "max_ongoing_requests": s.max_ongoing_requests,
                             "logging_config": {"enable_access_log": s.access_log}}
     if s.autoscaling:

@@ -40,7 +40,7 @@ from moon_ray.infrastructure.timing import Stopwatch
 from moon_ray.serve.engine import ModelQueue, call_worker, per_item
 from moon_ray.serve.errors import ApiError
 from moon_ray.serve.validation import Item
-from moon_ray.serve.worker import ModelReplica, model_spec
+from moon_ray.serve.worker import ModelReplica, model_spec, replica_actor_options
 
 
 @serve.deployment(name="MoonReasoner")
@@ -82,15 +82,8 @@ class MoonReasoner(ModelReplica):
 
 
 def reasoner_options(cfg: Config) -> dict[str, Any]:
-    from moon_ray.infrastructure.resources import SERVE, request
-
     s = cfg.serve
-    actor: dict[str, Any] = {"num_cpus": s.reasoning_cpus_per_replica}
-    if s.reasoning_gpus_per_replica:
-        actor["num_gpus"] = s.reasoning_gpus_per_replica
-    custom = request(SERVE, cfg.ray.use_custom_resources)
-    if custom:
-        actor["resources"] = custom
+    actor = replica_actor_options(cfg, s.reasoning_cpus_per_replica, s.reasoning_gpus_per_replica)
     return {"ray_actor_options": actor, "num_replicas": s.reasoning_replicas,
             "max_ongoing_requests": s.reasoning_max_ongoing, "max_queued_requests": s.reasoning_max_queued,
             "logging_config": {"enable_access_log": s.access_log}}

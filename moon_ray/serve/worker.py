@@ -298,3 +298,17 @@ def serve_forever(conn: Connection) -> None:
 
 if __name__ == "__main__":
     serve_forever(Connection(int(sys.argv[1])))
+
+
+def replica_actor_options(cfg, cpus: float, gpus: float) -> dict:
+    """`ray_actor_options` of a Serve replica: its CPUs, GPUs if any, and the serve custom resource
+    when `ray.use_custom_resources` is on."""
+    from moon_ray.infrastructure.resources import SERVE, request
+
+    actor: dict = {"num_cpus": cpus}
+    if gpus:
+        actor["num_gpus"] = gpus
+    custom = request(SERVE, cfg.ray.use_custom_resources)
+    if custom:
+        actor["resources"] = custom
+    return actor
