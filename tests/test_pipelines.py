@@ -70,6 +70,8 @@ def test_quality_arms_share_the_test_split_and_chain_joint_from_moon(tmp_path):
     assert moon.train.eval_every > 0 and moon.model.arch == "moon"
     assert joint.rollout.enabled and joint.train.init_from == str(tmp_path / "moon" / "export")
     assert joint.train.steps == 4 and quality.arm_config("dual", args).model.arch == "dual"
+    assert joint.rollout.sft_steps == 4 and joint.train.eval_every == 2 and not joint.eval.low_res
+    assert moon.eval.low_res  # only the reasoning arm skips the 60×80 rows
 
 
 def test_arms_reuse_a_finished_training_only_of_the_asked_steps(tmp_path, monkeypatch):
