@@ -6,6 +6,8 @@ preprocess (Ray Data, the shared catalog) -> joint training on a short budget (R
 vLLM rollout actors, InfoNCE + GRPO) -> evaluation of the trained model and the frozen baseline on a
 held-out slice -> catalog index + Ray Serve -> example searches over HTTP -> report (Markdown + plots),
 whose path is printed at the end. `--fast` is a smoke version (300 products, 2 steps) for CI.
+The terminal shows one line per phase, the training progress bar and the results; Ray's and the
+workers' own messages go to outputs/demo/demo.log (`--verbose`: everything on the terminal).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 from pathlib import Path
 
 from moon_ray.config import Config, load_config
+from moon_ray.infrastructure.console import QuietConsole, say
 from moon_ray.infrastructure.timing import PhaseTimer, Stopwatch
 
 OUT = "outputs/demo"
@@ -37,22 +40,34 @@ def demo_config(fast: bool, overrides: list[str]) -> Config:
 
 
 def banner(text: str) -> None:
-    print(f"\n=== {text} ===", flush=True)
+    say(f"=== {text} ===")
 
 
-def run_demo(fast: bool = False, overrides: list[str] | None = None) -> Path:
+def run_demo(fast: bool = False, overrides: list[str] | None = None, verbose: bool = False) -> Path:
+    """The demo; unless `verbose`, the terminal gets one line per phase, the progress bar and the
+    results, and everything else (Ray's and the workers' messages) goes to outputs/demo/demo.log."""
+    cfg = demo_config(fast, list(overrides or []))
+    log = Path(OUT) / "demo.log"
+    if not verbose:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+        say(f"moon-ray demo{' --fast' if fast else ''}: Ray's and the workers' messages go to {log.resolve()}")
+    with QuietConsole(log, enabled=not verbose):
+        return _run(cfg, fast)
+
+
+def _run(cfg: Config, fast: bool) -> Path:
     from moon_ray.catalog.ingest import run_preprocess
     from moon_ray.eval.evaluate import run_eval
     from moon_ray.eval.report import compare
     from moon_ray.train.driver import run_train
 
-    cfg = demo_config(fast, list(overrides or []))
     timer, total = PhaseTimer(prefix=""), Stopwatch()  # seconds per step, under the step's name
 
     banner("1/5 preprocess the catalog (Ray Data)")
     with timer("preprocess"):
         stats = run_preprocess(cfg)
-    print(f"input {stats['input']} = ok {stats['ok']} + rejected {stats['rejected']}; splits {stats['splits']}")
+    say(f"input {stats['input']} = ok {stats['ok']} + rejected {stats['rejected']}; splits {stats['splits']}")
 
     banner(f"2/5 joint training: {cfg.train.steps} steps, {cfg.train.num_workers} DDP workers, "
            f"{cfg.rollout.num_workers} {cfg.rollout.engine} rollout actor(s)")
@@ -65,7 +80,7 @@ def run_demo(fast: bool = False, overrides: list[str] | None = None) -> Path:
         for model in (summary["export"], "frozen"):
             results[model] = run_eval(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, model=model)))
         table = compare([Path(r["output_dir"]) for r in results.values()], Path(cfg.eval.output_dir) / "compare")
-    print(table)
+    say(table)
 
     banner("4/5 index the catalog and serve it (Ray Serve); example searches over HTTP")
     with timer("serve"):
@@ -75,7 +90,7 @@ def run_demo(fast: bool = False, overrides: list[str] | None = None) -> Path:
     banner("5/5 report")
     times = {**timer.metrics(), "total": total.elapsed()}
     path = write_report(cfg, stats, summary, table, searches, times, fast)
-    print(f"demo finished in {times['total'] / 60:.1f} min\nreport: {path.resolve()}", flush=True)
+    say(f"demo finished in {times['total'] / 60:.1f} min\nreport: {path.resolve()}")
     return path
 
 
@@ -108,7 +123,7 @@ def serve_and_search(cfg: Config) -> list[dict]:
                 resp.raise_for_status()
                 hits = [{"id": h["id"], "title": h["title"], "score": round(h["score"], 3)} for h in resp.json()["data"]]
                 out.append({"query": q["label"], "hits": hits})
-                print(f"{q['label']}\n" + "\n".join(f"   {h['score']:.3f}  {h['id']}  {h['title']}" for h in hits))
+                say(f"{q['label']}\n" + "\n".join(f"   {h['score']:.3f}  {h['id']}  {h['title']}" for h in hits))
     finally:
         serve.shutdown()
     return out

@@ -164,10 +164,12 @@ def start_rollout_pool(cfg: Config):
 def _fit_with_progress(trainer, progress, start: int, total: int):
     from tqdm import tqdm
 
+    from moon_ray.infrastructure.console import console
+
     box: dict = {}
     thread = threading.Thread(target=lambda: box.update(result=_safe_fit(trainer, box)), daemon=True)
     thread.start()
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, file=console())
     while thread.is_alive():
         thread.join(timeout=2.0)
         step, metrics = ray.get(progress.latest.remote())
