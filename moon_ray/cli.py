@@ -99,13 +99,15 @@ def cmd_train(args) -> int:
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help="a smoke version of a few minutes (300 products, 2 steps)")
+    p.add_argument("--verbose", action="store_true",
+                   help="everything on the terminal (default: phases, progress and results; the rest in a log file)")
     p.add_argument("overrides", nargs="*", help="dotted overrides on top of the demo's settings")
 
 
 def cmd_demo(args) -> int:
     from moon_ray.demo import run_demo
 
-    run_demo(fast=args.fast, overrides=args.overrides)
+    run_demo(fast=args.fast, overrides=args.overrides, verbose=args.verbose)
     return 0
 
 
