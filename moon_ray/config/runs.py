@@ -147,10 +147,24 @@ class RolloutConfig:
         "or nccl (a collective broadcast between GPUs; merged weights).",
     )
     max_staleness: int = opt(
-        1, "Rollouts more than this many versions behind the trainer are dropped or weighted."
+        1, "Rollouts more than this many policy versions behind the trainer are dropped (counted in "
+        "the sample_age_over metric); with rollout.asynchronous also how many steps ahead a batch may be made."
     )
     stale_policy: str = opt(
         "weight", "Stale rollouts within max_staleness: weight (truncated importance weights) or drop."
+    )
+    stale_weight_cap: float = opt(
+        2.0, "Cap of a stale rollout's importance weight (current over sampling policy, per-token mean "
+        "of the log-ratio, exponentiated)."
+    )
+    asynchronous: bool = opt(
+        False, "Asynchronous rollouts: each trainer rank submits the prompts of its next batches early "
+        "and trains while the pool generates them (lag up to max_staleness, importance-weighted). "
+        "false: generate, then update, every step (the reference loop). Needs the object_store sync."
+    )
+    max_inflight: int = opt(
+        2, "With rollout.asynchronous: batches a trainer rank keeps submitted ahead of the one it trains "
+        "on (queued or generating); the look-ahead is min(max_inflight, max_staleness)."
     )
     grpo_weight: float = opt(0.5, "lambda: weight of the GRPO loss next to InfoNCE.")
     clip_eps: float = opt(0.2, "GRPO ratio clip.")
@@ -208,6 +222,22 @@ class RolloutConfig:
             )
         if self.stale_policy not in ("weight", "drop"):
             raise ConfigError(f"rollout.stale_policy: expected weight or drop, got {self.stale_policy!r}")
+        if self.max_staleness < 0:
+            raise ConfigError(f"rollout.max_staleness must be >= 0, got {self.max_staleness}")
+        if self.stale_weight_cap <= 0:
+            raise ConfigError(f"rollout.stale_weight_cap must be > 0, got {self.stale_weight_cap}")
+        if self.max_inflight < 1:
+            raise ConfigError(f"rollout.max_inflight must be >= 1, got {self.max_inflight}")
+        if self.asynchronous:
+            if self.max_staleness < 1:
+                raise ConfigError("rollout.asynchronous=true generates batches ahead, at least 1 version stale: "
+                                  f"rollout.max_staleness must be >= 1, got {self.max_staleness}")
+            if self.stale_policy != "weight":
+                raise ConfigError("rollout.asynchronous=true: every rollout is at least 1 version stale, so "
+                                  "rollout.stale_policy=drop would drop them all; use weight")
+            if self.sync_backend != "object_store":
+                raise ConfigError("rollout.asynchronous=true loads weights between an actor's chunks through "
+                                  f"the pool: it needs rollout.sync_backend=object_store, got {self.sync_backend!r}")
         if self.group_size < 2:
             raise ConfigError("rollout.group_size must be >= 2 (GRPO normalises within the group)")
         if self.num_workers < 1:

@@ -19,6 +19,15 @@ deliveries take one lock, so a joining actor never misses an update that races w
 collective transport broadcasts to the actors (`worker_handles`) directly: an actor that joins between
 two such syncs holds the base weights until the next one (its rollouts carry the old version).
 
+Asynchronous rollouts (`rollout.async=true`, moon_ray/rollout/ahead.py): `submit(prompts, sampling,
+min_version)` queues a batch and returns a ticket at once; `collect(ticket)` waits for its groups. A
+dispatcher thread gives each idle actor the oldest queued chunk its weights may make (min_version, the
+staleness bound), one chunk per actor at a time, and hands an actor the newest payload right before its
+next chunk when it was busy during a sync: `update_weights` loads the idle actors now and returns without
+waiting for busy ones, so a sync pauses an actor's generation only for its weight load, between chunks.
+A chunk whose actor dies goes back to the front of the queue for the replacement. `stats()` gives the
+actors' busy seconds (both paths) and the queue depth, from which the trainer logs the rollout idle fraction.
+
 `scale(n)` refuses (and changes nothing) for n < 1 or more actors than the cluster's alive nodes can
 hold at the pool's per-actor resources, and it is all or nothing: actors that cannot be placed within
 `start_timeout_s` are given up and the pool keeps its size. Shrinking lets the removed actors finish
@@ -40,6 +49,7 @@ import torch
 
 from moon_ray.infrastructure import resources
 from moon_ray.infrastructure.timing import Stopwatch, timed
+from moon_ray.rollout.ahead import Chunk, ChunkQueue, Ticket
 from moon_ray.rollout.base import Rollout, SamplingConfig, create_engine
 from moon_ray.weight_sync.base import merge_adapter
 from moon_ray.weight_sync.object_store import ObjectStoreTransport, Payload
@@ -151,6 +161,7 @@ class Member:
     node: str
     version: int  # the policy version it last loaded (object store) or generated with
     inflight: int = 0  # groups it is generating now
+    running: bool = False  # holds a queued (asynchronous) chunk now
     up: Stopwatch = field(default_factory=Stopwatch)  # since it joined
 
     @property
@@ -178,6 +189,12 @@ class RolloutPool:
         self._counts = threading.Lock()  # the counters generate keeps (status reads them)
         self._successors: dict[str, Future] = {}  # dead actor -> its replacement (made once)
         self.members: list[Member] = []
+        self._queue, self._tickets, self._next_ticket = ChunkQueue(), {}, 0  # asynchronous rollouts
+        self._running: dict = {}  # object ref -> (chunk, member, its weight-load ref or None, stopwatch)
+        self._wake = threading.Condition(self._lock)  # a chunk or weights arrived, a ticket is done
+        self._dispatcher: threading.Thread | None = None
+        self._closed = False
+        self._clock, self._busy_s = Stopwatch(), 0.0  # pool uptime; actor seconds of finished chunks
         self._join(self._start(num_workers))
         self._event("start", workers=num_workers)
 
@@ -261,15 +278,16 @@ class RolloutPool:
             with self._counts:
                 member.inflight += len(parts[i])
             ref = member.handle.generate.remote([prompts[j] for j in parts[i]], sampling)
-            pending[ref] = (i, member)
+            pending[ref] = (i, member, Stopwatch())
 
         for i, member in enumerate(members[: len(parts)]):
             submit(i, member)
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
-            i, member = pending.pop(ref)
+            i, member, watch = pending.pop(ref)
             with self._counts:
                 member.inflight -= len(parts[i])
+                self._busy_s += watch.elapsed()
             try:
                 results[i] = ray.get(ref)
             except ray.exceptions.RayActorError:
@@ -292,6 +310,118 @@ class RolloutPool:
             return min(survivors, key=lambda m: m.inflight)
         return self._replacement(gone)
 
+    # ------------------------------------------------------------------------------ asynchronous rollouts
+    def submit(self, prompts: Sequence[torch.Tensor], sampling: SamplingConfig, min_version: int = 0) -> int:
+        """Queue a batch (split into one chunk per actor) to be generated with weights of at least
+        `min_version`; its ticket for `collect`, at once."""
+        with self._lock:
+            if self._closed:
+                raise PoolError("the rollout pool was shut down")
+            ticket, self._next_ticket = self._next_ticket, self._next_ticket + 1
+            parts = split_evenly(len(prompts), max(1, len(self.members)))
+            self._tickets[ticket] = Ticket(parts=len(parts))
+            for i, part in enumerate(parts):
+                self._queue.push(Chunk(ticket, i, ([prompts[j] for j in part], sampling), min_version, len(part)))
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(target=self._dispatch, name="rollout-dispatch", daemon=True)
+                self._dispatcher.start()
+            self._wake.notify_all()
+        return ticket
+
+    def collect(self, ticket: int, timeout_s: float | None = None) -> list[list[Rollout]]:
+        """The groups of a submitted batch, in prompt order, once every chunk is made (waits)."""
+        with self._wake:
+            entry = self._tickets.get(ticket)
+            if entry is None:
+                raise PoolError(f"no rollout ticket {ticket} (collected already, or never submitted)")
+            if not self._wake.wait_for(lambda: entry.done, timeout_s):
+                raise PoolError(f"rollout ticket {ticket} not done within {timeout_s} s")
+            del self._tickets[ticket]
+        return entry.assemble()
+
+    def stats(self) -> dict:
+        """Actor busy seconds (finished and running chunks, both paths), uptime, and the queue."""
+        with self._lock:
+            running = sum(w.elapsed() for *_, w in self._running.values())
+            return {"busy_s": self._busy_s + running, "uptime_s": self._clock.elapsed(), "actors": len(self.members),
+                    "queued_chunks": len(self._queue), "queued_groups": self._queue.groups(),
+                    "blocked_chunks": self._queue.blocked(self.version), "running_chunks": len(self._running),
+                    "open_tickets": len(self._tickets), "version": self.version}
+
+    def _dispatch(self) -> None:
+        """The dispatcher thread: hand out chunks, then wait for any running one; until shutdown."""
+        while True:
+            with self._wake:
+                if self._closed:
+                    return
+                self._assign()
+                refs = list(self._running)
+                if not refs:
+                    self._wake.wait(timeout=0.5)
+                    continue
+            done, _ = ray.wait(refs, num_returns=1, timeout=0.02)
+            for ref in done:
+                self._finish(ref)
+
+    def _assign(self) -> None:
+        """(lock held) Each idle member gets the oldest chunk its weights may make: the newest payload first
+        when it holds older weights (loaded by the actor before the chunk, in call order)."""
+        for m in self.members:
+            if m.running:
+                continue
+            chunk = self._queue.take(self.version)
+            if chunk is None:
+                return
+            load = None
+            if self.latest is not None and m.version < self.version:
+                load, m.version = m.handle.update_weights.remote(self.latest, self.version), self.version
+            prompts, sampling = chunk.payload
+            ref = m.handle.generate.remote(prompts, sampling)
+            m.running, m.inflight = True, m.inflight + chunk.size
+            self._running[ref] = (chunk, m, load, Stopwatch())
+
+    def _finish(self, ref) -> None:
+        """A running chunk ended: its result to its ticket, or back to the queue when its actor is gone."""
+        with self._lock:
+            chunk, member, load, watch = self._running.pop(ref)
+            member.running, member.inflight = False, member.inflight - chunk.size
+        with self._counts:
+            self._busy_s += watch.elapsed()
+        try:
+            if load is not None:
+                ray.get(load)
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError:
+            with self._counts:
+                self.requeued_groups += chunk.size
+            try:
+                self._successor_of(member)  # a replacement joins with the current weights
+            except Exception as e:  # the restart budget is spent, or the replacement did not start
+                self._fail(chunk.ticket, e)
+                return
+            with self._wake:
+                self._queue.requeue(chunk)
+                self._wake.notify_all()
+            return
+        except Exception as e:
+            self._fail(chunk.ticket, e)
+            return
+        with self._wake:
+            member.version = max([member.version, *(r.version for g in result for r in g)])
+            entry = self._tickets.get(chunk.ticket)
+            if entry is not None:
+                entry.results[chunk.index] = result
+            self.generated_groups += chunk.size
+            self._wake.notify_all()
+
+    def _fail(self, ticket: int, error: BaseException) -> None:
+        with self._wake:
+            entry = self._tickets.get(ticket)
+            if entry is not None:
+                entry.error = error
+            self._queue.cancel({ticket})
+            self._wake.notify_all()
+
     # ------------------------------------------------------------------------------ weights
     def update_weights(self, payload: Payload, version: int) -> dict:
         """Every actor pulls the payload (put once by the sender) and loads it; kept for new actors. An actor
@@ -299,14 +429,15 @@ class RolloutPool:
         with timed("sync_s") as phase:
             with self._lock:
                 self.latest, self.version = payload, version
-                members = list(self.members)
+                members = [m for m in self.members if not m.running]  # busy ones load before their next chunk
                 refs = [m.handle.update_weights.remote(payload, version) for m in members]
-                dead = []
-                for m, ref in zip(members, refs, strict=True):
-                    try:
-                        m.version = ray.get(ref)
-                    except ray.exceptions.RayActorError:
-                        dead.append(m)
+                self._wake.notify_all()  # chunks that waited for this version
+            dead = []
+            for m, ref in zip(members, refs, strict=True):
+                try:
+                    m.version = ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    dead.append(m)
             for m in dead:
                 self._replacement(m)
         return {"sync_s": phase.seconds, "actors": len(self.members), "version": version}
@@ -349,6 +480,7 @@ class RolloutPool:
         return {"workers": len(members), "version": self.version, "restarts": self.restarts,
                 "max_restarts": self.max_restarts, "requeued_groups": self.requeued_groups,
                 "generated_groups": self.generated_groups, "engine": self.engine, "resources": self._need(),
+                "queued_chunks": len(self._queue), "open_tickets": len(self._tickets),
                 "placement_limit": self.placement_limit(), "actors": members, "events": self.events[-20:]}
 
     def worker_handles(self) -> list:
@@ -356,6 +488,11 @@ class RolloutPool:
 
     def shutdown(self) -> None:
         with self._lock:
+            self._closed = True
+            for ticket in self._tickets.values():
+                if not ticket.done:
+                    ticket.error = PoolError("the rollout pool was shut down")
+            self._wake.notify_all()
             for m in self.members:
                 ray.kill(m.handle)
             self.members = []
