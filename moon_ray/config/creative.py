@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from moon_ray.configlib import ConfigError, opt
 
 DEFECTS = ("blur", "low_contrast", "cutoff", "tiny", "clutter", "watermark")
-STAGES = ("sft",)
+STAGES = ("sft", "grpo")
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,13 @@ class CreativePairsConfig:
 
 @dataclass(frozen=True)
 class CreativeTrainConfig:
-    stage: str = opt("sft", "Training stage: sft (CoT-SFT on the reference rationales).")
+    stage: str = opt("sft", "Training stage: sft (CoT-SFT on the reference rationales) or grpo (GRPO on the "
+                            "rollout pool from the SFT selector in creative.train.init_from; pool and GRPO "
+                            "settings from the rollout section).")
     output_dir: str = opt("outputs/creative/sft", "Adapter (creative.safetensors), config and summary of the stage.")
+    init_from: str | None = opt(
+        None, "Stage grpo: the SFT selector directory it starts from (creative.safetensors and creative.json, "
+              "written by stage sft); its adapter is also the frozen KL reference.")
     num_workers: int = opt(1, "Ray Train workers (DDP ranks).")
     cpus_per_worker: float = opt(1.0, "CPUs per worker.")
     use_gpu: bool = opt(False, "Train on GPUs.")
@@ -61,8 +66,13 @@ class CreativeTrainConfig:
 
     def validate(self) -> None:
         if self.stage not in STAGES:
-            raise ConfigError(f"creative.train.stage: expected one of {', '.join(STAGES)}, got {self.stage!r} "
-                              "(stage 2, GRPO, is not built yet)")
+            raise ConfigError(f"creative.train.stage: expected one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.stage == "grpo" and not self.init_from:
+            raise ConfigError("creative.train.stage=grpo starts from an SFT selector: set creative.train.init_from "
+                              "to the directory stage sft wrote (e.g. outputs/creative/sft)")
+        if self.stage == "sft" and self.init_from:
+            raise ConfigError("creative.train.init_from is read by stage grpo only (stage sft starts fresh; its "
+                              "projector may start from an embedder: creative.train.init_projector_from)")
         if self.steps < 1 or self.batch_size < 1 or self.num_workers < 1 or self.log_every < 1:
             raise ConfigError("creative.train.steps, batch_size, num_workers and log_every must be >= 1")
         if not 0.0 <= self.swap_prob <= 1.0:

@@ -202,6 +202,15 @@ class ServeConfig:
         "Niceness added to the reasoning model process, so that on shared cores "
         "embedding requests win the CPU (0: same priority).",
     )
+    creative_model: str | None = opt(
+        None,
+        "A creative selector directory (`moon-ray creative train` output) served at POST "
+        "/v1/creative/select beside the embeddings, on replicas of its own (None: that route answers 404).",
+    )
+    creative_replicas: int = opt(1, "Replicas of the creative selection deployment.")
+    creative_cpus_per_replica: float = opt(1.0, "CPUs per creative selection replica (torch threads: max(1, int)).")
+    creative_batch_size: int = opt(8, "Most pairs answered in one generation batch of a creative replica.")
+    creative_timeout_s: float = opt(120.0, "A creative selection not answered in this time gets 504.")
 
     def validate(self) -> None:
         if self.index not in ("flat", "hnsw"):
@@ -236,11 +245,13 @@ SERVE_BOUNDS: tuple[tuple[str, Callable[[float], bool], tuple[str, ...]], ...] =
      ("port", "max_body_bytes", "max_inputs", "max_image_pixels", "max_text_chars", "max_batch_size",
       "num_replicas", "min_replicas", "max_replicas", "max_ongoing_requests", "max_top_k", "index_batch_size",
       "reasoning_max_tokens", "index_actors", "reasoning_replicas", "reasoning_max_inputs",
-      "reasoning_batch_size", "reasoning_max_ongoing", "reasoning_max_queued")),
+      "reasoning_batch_size", "reasoning_max_ongoing", "reasoning_max_queued", "creative_replicas",
+      "creative_batch_size")),
     (">= 0", lambda v: v >= 0,
      ("rate_limit_requests_per_s", "rate_limit_items_per_s", "rate_limit_request_burst", "rate_limit_item_burst",
       "gpus_per_replica", "index_gpus_per_actor", "reasoning_gpus_per_replica", "batch_wait_timeout_s",
       "reasoning_batch_wait_s")),
     ("> 0", lambda v: v > 0,
-     ("cpus_per_replica", "index_cpus_per_actor", "reasoning_cpus_per_replica", "reasoning_timeout_s")),
+     ("cpus_per_replica", "index_cpus_per_actor", "reasoning_cpus_per_replica", "reasoning_timeout_s",
+      "creative_cpus_per_replica", "creative_timeout_s")),
 )

@@ -2,7 +2,9 @@
 
     moon-ray creative pairs --config pipelines/configs/creative.yaml [--limit N] [key.sub=value ...]
     moon-ray creative train --config pipelines/configs/creative.yaml [creative.train.steps=200 ...]
-    moon-ray creative eval  --config pipelines/configs/creative.yaml [--model zero-shot --model DIR ...]
+    moon-ray creative train --config pipelines/configs/creative.yaml creative.train.stage=grpo \
+        creative.train.init_from=outputs/creative/sft creative.train.output_dir=outputs/creative/grpo
+    moon-ray creative eval  --config pipelines/configs/creative.yaml [--model zero-shot --model SFT_DIR --model GRPO_DIR]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ def add_creative_args(p: argparse.ArgumentParser) -> None:
 
     sub = p.add_subparsers(dest="creative_command", required=True)
     helps = {"pairs": "build the CreativePair-style dataset from the catalog (Ray Data)",
-             "train": "train the creative selector (stage sft: CoT-SFT on Ray Train)",
+             "train": "train the creative selector (stage sft: CoT-SFT; stage grpo: GRPO on the rollout pool)",
              "eval": "pairwise accuracy, swap consistency, per-defect accuracy and a Markdown report"}
     for name, text in helps.items():
         q = sub.add_parser(name, help=text)
@@ -48,10 +50,11 @@ def cli_creative(args) -> int:
               f"{stats['output_dir']}")
         print(stats["labels"])
         return 0
-    from moon_ray.creative.sft import run_sft
+    from moon_ray.creative.trainer import run_train
 
-    summary = run_sft(cfg)
+    summary = run_train(cfg)
     last = summary["history"][-1] if summary["history"] else {}
+    extra = "".join(f", {k} {last[k]:.3f}" for k in ("reward_mean", "accuracy", "grpo_kl") if k in last)
     print(f"{summary['stage']}: {summary['steps']} steps in {summary['seconds']} s, "
-          f"last loss {last.get('loss', float('nan')):.4f}: {summary['output_dir']}")
+          f"last loss {last.get('loss', float('nan')):.4f}{extra}: {summary['output_dir']}")
     return 0

@@ -1,7 +1,7 @@
 """`moon-ray creative eval`: pairwise accuracy, swap consistency, accuracy per defect and on interest pairs,
 for the untrained selector (zero-shot) and trained ones, with a Markdown report.
 
-    moon-ray creative eval --model zero-shot --model outputs/creative/sft [creative.eval_limit=400 ...]
+    moon-ray creative eval --model zero-shot --model outputs/creative/sft --model outputs/creative/grpo [creative.eval_limit=400 ...]
 
 Every pair of creative.eval_split is answered twice, greedily: as stored, and with A and B exchanged.
 - accuracy: share of answers that choose the label, over both orders (a malformed answer has no choice
@@ -177,15 +177,21 @@ def _examples(pairs: pa.Table, kinds: list[str], answers: dict, out: Path, n: in
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", default=None,
                    help=f"'{ZERO_SHOT}' or a directory written by `moon-ray creative train` (repeat for a column "
-                        f"each; default: {ZERO_SHOT} and creative.train.output_dir when it holds a selector)")
+                        f"each: zero-shot, SFT, SFT+GRPO side by side; default: {ZERO_SHOT}, creative.train.init_from "
+                        "and creative.train.output_dir, those that hold a selector)")
+
+
+def default_models(cfg: Config) -> list[str]:
+    """zero-shot, then the SFT selector a grpo stage started from (creative.train.init_from), then
+    creative.train.output_dir: those that hold a selector."""
+    t = cfg.creative.train
+    trained = [d for d in (t.init_from, t.output_dir) if d and (Path(d) / "creative.safetensors").is_file()]
+    return [ZERO_SHOT, *dict.fromkeys(trained)]
 
 
 def cli_eval(args) -> int:
     cfg = load_config(args.config, list(args.overrides))
-    models = args.model
-    if not models:
-        trained = Path(cfg.creative.train.output_dir)
-        models = [ZERO_SHOT, *([str(trained)] if (trained / "creative.safetensors").is_file() else [])]
+    models = args.model or default_models(cfg)
     summary = evaluate(cfg, models)
     for name, m in summary["models"].items():
         print(f"{name}: accuracy {_pct(m['accuracy'])} %, swap consistency {_pct(m['swap_consistency'])} %, "

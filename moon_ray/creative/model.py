@@ -5,7 +5,7 @@ creatives as visual tokens (A then B), the shopper's interests and an instructio
     sel = CreativeSelector(cfg.model, seed=0)                           # model.vision / model.lm settings
     prompts = sel.prompt_embeds(images_a, images_b, interests)          # PromptBatch, left-padded
     texts = sel.generate(images_a, images_b, interests, max_new_tokens=80)
-    logp = sel.sequence_logprobs(prompts, ids, mask)                    # (N, T): SFT now, GRPO next
+    logp = sel.sequence_logprobs(prompts, ids, mask)                    # (N, T): SFT, GRPO policy and reference
     sel.save(dir, meta); CreativeSelector.load(dir)                     # creative.safetensors + creative.json
 
 Its adapter is its own: the LoRA weights and projector live in creative.safetensors, apart from any
@@ -26,6 +26,7 @@ from torch import nn
 
 from moon_ray.config import ModelConfig, build
 from moon_ray.models.language import causal_lm, decoder, load_language_model
+from moon_ray.models.precision import compute_weights
 from moon_ray.models.projector import Projector
 from moon_ray.models.reasoning import PromptBatch
 from moon_ray.models.vision import build_tower, pool_patches
@@ -53,6 +54,14 @@ class CreativeSelector(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.projector.mlp[0].weight.device
+
+    compute_dtype = torch.float32  # the selector trains in fp32 (its LM, tower and adapters)
+
+    def compute_weights(self):
+        """Context of one training step's compute weights, as the embedder has it
+        (moon_ray/models/precision.py): in fp32 nothing is cast, so the shared step
+        (moon_ray/train/worker.py `train_step`) runs the selector's weights as they are."""
+        return compute_weights(self, self.compute_dtype)
 
     # ------------------------------------------------------------------------------------- prompts
     def image_tokens(self, images: Sequence[bytes]) -> torch.Tensor:
@@ -111,7 +120,7 @@ class CreativeSelector(nn.Module):
     # ------------------------------------------------------------------------------ scoring, SFT
     def sequence_logprobs(self, prompts: PromptBatch, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Log-probs (N, T) of answer tokens `ids` (right-padded, `mask`) after the left-padded prompts,
-        under the LM with its adapters as set: the SFT loss now, GRPO's policy and reference terms next."""
+        under the LM with its adapters as set: the SFT loss, GRPO's policy and reference terms."""
         from moon_ray.losses.grpo import token_logprobs
 
         embeds = torch.cat([prompts.embeds, decoder(self.lm).embed_tokens(ids)], dim=1)

@@ -8,9 +8,10 @@
 | module        | role                                                                        |
 | ------------- | --------------------------------------------------------------------------- |
 | app.py        | the deployments' builder `build_app`, the ingress replica, `moon-ray serve` |
-| api.py        | the FastAPI routes: /v1/embeddings, /v1/search, /v1/models, /healthz, /readyz, /metrics |
+| api.py        | the FastAPI routes: /v1/embeddings, /v1/search, /v1/creative/select, /v1/models, /healthz, /readyz, /metrics |
 | engine.py     | the model behind the routes: dynamic batching, token counts, the reasoner handle |
 | reasoner.py   | MoonReasoner: reasoning=true requests on replicas of their own, batched     |
+| creative.py   | MoonCreative: POST /v1/creative/select (serve.creative_model), batched      |
 | worker.py     | the model's own process beside the replica (no GIL shared with the loops)   |
 | search.py     | the loaded catalog index (artifact: moon_ray/eval/index_artifact.py), filtered search |
 | metrics.py    | Prometheus metrics of a replica and the middleware that counts every request |

@@ -1,11 +1,13 @@
 """The HTTP API: a FastAPI app over one `Engine` (and a `CatalogIndex` when search is on).
 
     app = create_api(engine, index, cfg.serve, keys, replica=..., metrics=ServeMetrics(...))   # per replica
+    app = create_api(..., creative=CreativeClient(handle, "grpo", timeout_s))   # with POST /v1/creative/select
 
 | route                | answer                                                                     |
 | -------------------- | -------------------------------------------------------------------------- |
 | POST /v1/embeddings  | OpenAI's embeddings response; `input_type` query (default) or document (a product, as the index embeds it: its `reasoning` trace per item when the model reasons) |
 | POST /v1/search      | the top-k catalog products (metadata + cosine score) for a text/image query |
+| POST /v1/creative/select | which of two creatives (A, B) suits the shopper, and why (creative.py); 404 unless serve.creative_model |
 | GET /v1/models       | OpenAI's model list: the one served model                                  |
 | GET /v1/models/{id}  | that model, or 404                                                         |
 | GET /healthz         | liveness: 200 while the replica answers; model, index size, batching; no token |
@@ -39,13 +41,23 @@ from moon_ray.serve.engine import Engine
 from moon_ray.serve.errors import ApiError, BearerAuth, BodyLimit, from_validation
 from moon_ray.serve.limits import RateLimit, RateLimiter
 from moon_ray.serve.metrics import Observe, ServeMetrics
-from moon_ray.serve.schemas import EmbeddingRequest, SearchRequest
+from moon_ray.serve.schemas import CreativeRequest, EmbeddingRequest, SearchRequest
 from moon_ray.serve.search import FILTER_FIELDS, CatalogIndex
-from moon_ray.serve.validation import Limits, check_dimensions, encode_vector, to_items, truncate
+from moon_ray.serve.validation import (
+    Limits,
+    check_dimensions,
+    decode_image,
+    encode_vector,
+    to_items,
+    truncate,
+)
 
 
 def create_api(engine: Engine, index: CatalogIndex | None, scfg: ServeConfig, keys: dict[str, str] | None,
-               replica: str = "", metrics: ServeMetrics | None = None, startup: dict | None = None) -> FastAPI:
+               replica: str = "", metrics: ServeMetrics | None = None, startup: dict | None = None,
+               creative=None) -> FastAPI:
+    """The routes over `engine` (and `index`); `creative`: anything with `model_id` and an async
+    `select(CreativeItem)` (creative.py: the deployment's client, or the service itself), None: no selector."""
     app = FastAPI(title="moon-ray", docs_url=None, redoc_url=None, openapi_url=None)
     limits = Limits.of(scfg)
     created = int(time.time())
@@ -63,7 +75,7 @@ def create_api(engine: Engine, index: CatalogIndex | None, scfg: ServeConfig, ke
     async def healthz():
         return {"status": "ok", "model": engine.model_id, "dim": engine.dim,
                 "index_size": index.size if index is not None else 0, "replica": replica,
-                "batching": engine.batching()}
+                "batching": engine.batching(), "creative_model": creative.model_id if creative is not None else None}
 
     @app.get("/readyz")
     async def readyz():
@@ -100,6 +112,16 @@ def create_api(engine: Engine, index: CatalogIndex | None, scfg: ServeConfig, ke
         req = parse(SearchRequest, await request.body())
         admit(request, limiter, False, 1)
         return JSONResponse(await search_response(engine, index, req, limits, scfg.max_top_k))
+
+    @app.post("/v1/creative/select")
+    async def creative_select(request: Request):
+        if creative is None:
+            raise ApiError(404, "no creative selector is served here: deploy with serve.creative_model=<a directory "
+                                "written by `moon-ray creative train`> to answer POST /v1/creative/select",
+                           code="creative_not_configured")
+        req = parse(CreativeRequest, await request.body())
+        admit(request, limiter, False, 1)
+        return JSONResponse(await creative_response(creative, req, limits))
 
     app.add_middleware(BodyLimit, max_bytes=scfg.max_body_bytes)
     app.add_middleware(RateLimit, limiter=limiter)
@@ -216,6 +238,22 @@ async def search_response(engine: Engine, index: CatalogIndex | None, req: Searc
     return {"object": "list", "data": data, "model": engine.model_id, "query": query, "usage": usage(tokens, None)}
 
 
+async def creative_response(creative, req: CreativeRequest, limits: Limits) -> dict:
+    """Validate the pair as embeddings inputs are validated (400 naming the field), then ask the selector."""
+    from moon_ray.serve.creative import CreativeItem
+
+    if req.model is not None and req.model != creative.model_id:
+        raise ApiError(404, f"creative model {req.model!r} is not served here; this server's creative selector is "
+                            f"{creative.model_id!r}", param="model", code="model_not_found")
+    interest = req.interest or ""
+    if len(interest) > limits.max_text_chars:
+        raise ApiError(400, f"interest is {len(interest)} characters long (at most {limits.max_text_chars}, "
+                            "serve.max_text_chars)", param="interest", code="text_too_long")
+    image_a, image_b = await asyncio.gather(*(asyncio.to_thread(decode_image, getattr(req, f), limits.max_image_pixels, f)
+                                              for f in ("image_a", "image_b")))
+    return await creative.select(CreativeItem(image_a=image_a, image_b=image_b, interest=interest))
+
+
 def install_handlers(app: FastAPI) -> None:
     """Every error, whatever raised it, leaves as OpenAI's {"error": {...}} with a fitting status."""
 
@@ -227,7 +265,8 @@ def install_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException):
         if exc.status_code == 404:
             err = ApiError(404, f"no route {request.method} {request.url.path}; routes: POST /v1/embeddings, "
-                                "POST /v1/search, GET /v1/models, GET /healthz, GET /readyz, GET /metrics",
+                                "POST /v1/search, POST /v1/creative/select, GET /v1/models, GET /healthz, "
+                                "GET /readyz, GET /metrics",
                            code="not_found")
         elif exc.status_code == 405:
             err = ApiError(405, f"method {request.method} is not allowed on {request.url.path}",

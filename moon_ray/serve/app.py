@@ -17,7 +17,9 @@ model is refused with an error naming both. Only when no index exists there, and
 `serve.index_split`, at most `serve.index_limit`; minutes): the fallback. `serve.index_limit=0` turns
 /v1/search off. `MoonReasoner` (reasoner.py), deployed when `serve.reasoning` and the model reasons,
 embeds the documents (`input_type: document`) of a model that reasons, a greedy trace each, on
-replicas of its own, so that generation never holds the ingress's model process.
+replicas of its own, so that generation never holds the ingress's model process. `MoonCreative`
+(creative.py), deployed when `serve.creative_model` names a creative selector, answers POST
+/v1/creative/select the same way, on replicas of its own.
 
 Replicas ask for `serve.cpus_per_replica` CPUs and the `moon_serve` custom resource when
 `ray.use_custom_resources` is on; `serve.num_replicas` of them, or autoscaling between
@@ -74,7 +76,7 @@ log = logging.getLogger(__name__)
 class MoonServe(ModelReplica):
     """A replica: the model, its catalog index, and the FastAPI app over both."""
 
-    def __init__(self, config: dict, api_key: str | None = None, reasoner=None):
+    def __init__(self, config: dict, api_key: str | None = None, reasoner=None, creative=None):
         from moon_ray.eval.index_artifact import model_identity
         from moon_ray.serve.engine import Engine
         from moon_ray.serve.metrics import ServeMetrics
@@ -105,12 +107,18 @@ class MoonServe(ModelReplica):
         self.worker, self.executor = worker, self.engine.executor  # closed with the replica (ModelReplica)
         self.index = index
         self.scfg = cfg.serve
+        self.creative = None
+        if creative is not None:  # POST /v1/creative/select, answered by the MoonCreative deployment
+            from moon_ray.serve.creative import CreativeClient, creative_model_id
+
+            self.creative = CreativeClient(creative, creative_model_id(cfg.serve.creative_model),
+                                           cfg.serve.creative_timeout_s)
 
     def __serve_build_asgi_app__(self):
         from moon_ray.serve.api import create_api
 
         return create_api(self.engine, self.index, self.scfg, self.keys, replica=self.replica,
-                          metrics=self.metrics, startup=self.startup)
+                          metrics=self.metrics, startup=self.startup, creative=self.creative)
 
 
 def load_encoder(cfg: Config):
@@ -211,7 +219,7 @@ def absolute_paths(cfg: Config) -> Config:
     """Replicas may run in another directory: pin the paths the deployment reads (each under the current
     directory, else under the repository root: `serve run` and KubeRay start in either)."""
     model_is_path = "/" in cfg.serve.model or Path(cfg.serve.model).is_dir()  # else a baseline's name
-    keys = ["data.output_dir", "serve.index_dir", *(["serve.model"] if model_is_path else [])]
+    keys = ["data.output_dir", "serve.index_dir", "serve.creative_model", *(["serve.model"] if model_is_path else [])]
     return with_absolute_paths(cfg, keys, search=[REPO])
 
 
@@ -226,8 +234,10 @@ def check_sources(cfg: Config) -> str:
         read_manifest,
     )
     from moon_ray.models.encoder import registered
+    from moon_ray.serve.creative import check_creative_model
 
     s = cfg.serve
+    check_creative_model(s.creative_model)
     if s.model not in registered() and not Path(s.model).is_dir():
         raise ConfigError(f"serve.model: {s.model!r} is neither a baseline ({', '.join(registered())}) nor a "
                           "directory (an exported model: outputs/train/export)")
@@ -275,7 +285,12 @@ def application(cfg: Config):
     reasoner = None
     if cfg.serve.reasoning and model_identity(cfg.serve.model)["reasoning"]:  # documents need a trace each
         reasoner = MoonReasoner.options(**reasoner_options(cfg)).bind(to_dict(plain))
-    return MoonServe.options(**deployment_options(cfg)).bind(to_dict(plain), keys, reasoner)
+    creative = None
+    if cfg.serve.creative_model:  # the creative selector, on replicas of its own (serve/creative.py)
+        from moon_ray.serve.creative import MoonCreative, creative_options
+
+        creative = MoonCreative.options(**creative_options(cfg)).bind(to_dict(plain))
+    return MoonServe.options(**deployment_options(cfg)).bind(to_dict(plain), keys, reasoner, creative)
 
 
 def start(cfg: Config, app, name: str = APP_NAME) -> str:
@@ -318,7 +333,8 @@ def cli_serve(args) -> int:
     init_ray(cfg.ray)
     print(f"deploying {cfg.serve.model}: {plan} ...", flush=True)
     url = start(cfg, app)
-    print(f"serving {url}/v1/embeddings, {url}/v1/search, {url}/v1/models; {url}/healthz, {url}/readyz, "
+    creative = f", {url}/v1/creative/select" if cfg.serve.creative_model else ""
+    print(f"serving {url}/v1/embeddings, {url}/v1/search{creative}, {url}/v1/models; {url}/healthz, {url}/readyz, "
           f"{url}/metrics\n{example(cfg, url)}", flush=True)
     if args.detach:
         return 0

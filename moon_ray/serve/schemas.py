@@ -23,6 +23,12 @@ POST /v1/search:
      "k": 10, "filters": {"gender": "Men", "colour": ["Navy Blue", "Blue"]},
      "model": "frozen"}                                   # optional (a search query is a query: no trace)
 
+POST /v1/creative/select (served when serve.creative_model names a creative selector):
+
+    {"image_a": "<base64 or data URL>", "image_b": "<base64 or data URL>",   # the two creatives, A then B
+     "interest": "prefers casual blue menswear",                           # optional: the shopper
+     "model": "grpo"}                                                      # optional: the selector's name
+
 Token arrays (OpenAI's list-of-int input) are refused with a message: this server embeds text.
 """
 
@@ -122,3 +128,10 @@ class SearchRequest(Strict):
 
     def query(self) -> InputItem:
         return InputItem(text=self.text or None, image=self.image or None)
+
+
+class CreativeRequest(Strict):
+    image_a: StrictStr = Field(min_length=1)
+    image_b: StrictStr = Field(min_length=1)
+    interest: StrictStr | None = None
+    model: StrictStr | None = None

@@ -19,7 +19,8 @@ def test_pairs_sft_eval(tmp_path, shared_data, ray_local):
     from moon_ray.creative.evaluate import ZERO_SHOT, evaluate
     from moon_ray.creative.model import CreativeSelector
     from moon_ray.creative.pairs import build_pairs
-    from moon_ray.creative.sft import build_selector, run_sft
+    from moon_ray.creative.sft import build_selector
+    from moon_ray.creative.trainer import run_train
 
     catalog = tmp_path / "catalog"
     run_preprocess(load_config(None, real_overrides(shared_data, catalog, 80)))
@@ -40,7 +41,7 @@ def test_pairs_sft_eval(tmp_path, shared_data, ray_local):
     assert row["image_a"] != row["image_b"] and row["answer"].endswith(f"<answer>{row['label']}</answer>")
     assert "construction" in json.loads((tmp_path / "pairs" / "stats.json").read_text())["labels"]
 
-    summary = run_sft(cfg)
+    summary = run_train(cfg)
     assert [h["step"] for h in summary["history"]] == [1, 2]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in summary["history"])
     trained, start = CreativeSelector.load(tmp_path / "sft"), build_selector(cfg)

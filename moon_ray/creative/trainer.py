@@ -1,0 +1,187 @@
+"""`moon-ray creative train`: the Ray Train loop of both stages of the creative selector (Reason-to-Select).
+
+    moon-ray creative train --config pipelines/configs/creative.yaml                       # stage sft
+    moon-ray creative train --config pipelines/configs/creative.yaml creative.train.stage=grpo \\
+        creative.train.init_from=outputs/creative/sft creative.train.output_dir=outputs/creative/grpo
+
+`TorchTrainer` with creative.train.num_workers DDP ranks (gloo on CPU, NCCL on GPU). Each rank builds the
+selector (stage sft: fresh, seeded; stage grpo: the SFT selector in creative.train.init_from), reads its
+shard of the train pairs through Ray Data and steps the way joint training's worker loop does
+(moon_ray/train/worker.py): the stage's side generates what the step needs (sft.py `SftSide`: nothing;
+grpo.py `GrpoSide`: answers from the rollout pool, reference log-probs) -> `train.worker.train_step`
+(prepare, the optimizer passes, metrics merged over passes, phase times) -> the side's after-step (grpo:
+weight sync to the pool). Pairs are shown with A and B exchanged with probability creative.train.swap_prob.
+
+Rank 0 reports the mean metrics every creative.train.log_every steps and, at the end, the selector as a
+Ray Train checkpoint that the driver copies to creative.train.output_dir: creative.safetensors,
+creative.json (model config, stage, steps, where it started), history.json (one row per report: the
+loss; for grpo the reward curve, accuracy, KL, clip fraction), summary.json. Stage grpo starts the
+rollout pool (the rollout section: engine, actors, GRPO settings) before the trainers and stops it after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moon_ray.config import Config, ConfigError, ModelConfig, build, to_dict, with_absolute_paths
+from moon_ray.creative.model import META, WEIGHTS, CreativeSelector
+from moon_ray.creative.sft import SftSide, build_selector, train_dataset, training_view
+from moon_ray.infrastructure.timing import PhaseTimer, Stopwatch
+
+HISTORY_KEYS = ("step", "loss", "reward_mean", "accuracy", "well_formed", "reward_group_std", "grpo_kl",
+                "grpo_clip_frac")
+
+
+def start_selector(cfg: Config, device) -> CreativeSelector:
+    """Stage sft: a fresh selector (build_selector); stage grpo: the SFT selector it continues."""
+    if cfg.creative.train.stage == "grpo":
+        return CreativeSelector.load(cfg.creative.train.init_from).to(device)
+    return build_selector(cfg, device)
+
+
+def stage_side(cfg: Config, pool, rank: int):
+    if cfg.creative.train.stage == "grpo":
+        from moon_ray.creative.grpo import GrpoSide
+
+        return GrpoSide(pool, cfg, rank)
+    return SftSide()
+
+
+def step_config(cfg: Config) -> Config:
+    """The config `train.worker.train_step` reads (train.grad_clip) carrying creative.train's clip."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_clip=cfg.creative.train.grad_clip))
+
+
+def creative_loop_per_worker(config: dict) -> None:
+    import ray.train
+    from ray.train.torch import get_device, prepare_model
+
+    from moon_ray.train.worker import lr_lambda, train_step
+
+    cfg: Config = build(Config, config["cfg"])
+    t = cfg.creative.train
+    torch.set_num_threads(max(1, int(t.cpus_per_worker)))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    selector = start_selector(cfg, get_device()).train()
+    params = [p for p in selector.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, t.steps))
+    side = stage_side(cfg, config.get("rollout_pool"), rank)
+    module = side.step_module(selector)
+    if world > 1:
+        module = prepare_model(module, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
+    side.start(selector)
+    shard, rng, step_cfg = ray.train.get_dataset_shard("train"), random.Random(t.seed * 1000 + rank), step_config(cfg)
+    step, window, history, clock = 0, [], [], Stopwatch()
+    while step < t.steps:
+        for rows in shard.iter_batches(batch_size=t.batch_size, batch_format="numpy", drop_last=True,
+                                       local_shuffle_buffer_size=4 * t.batch_size, local_shuffle_seed=t.seed + rank + step):
+            batch, timer = training_view(rows, rng, t.swap_prob), PhaseTimer()
+            extra = side.generate(selector, batch, step, timer)
+            metrics = train_step(module, optimizer, scheduler, batch, step_cfg, *extra, timer=timer)
+            step += 1
+            metrics |= side.after_step(selector, step, timer)
+            window.append(metrics | timer.metrics())
+            if step % t.log_every == 0 or step == t.steps:
+                row = _mean(window) | {"step": step, "pairs_per_s": len(window) * t.batch_size * world / clock.lap()}
+                history.append(row)
+                window = []
+                if step < t.steps:
+                    ray.train.report(row)
+            if step >= t.steps:
+                break
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            selector.save(tmp, {"stage": side.stage, "steps": step, "seed": t.seed, "init_from": t.init_from,
+                                "init_projector_from": t.init_projector_from})
+            (Path(tmp) / "history.json").write_text(json.dumps(history, indent=2))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(history[-1], checkpoint=checkpoint)
+
+
+def _mean(rows: list[dict]) -> dict:
+    keys = {k for r in rows for k in r if isinstance(r[k], (int, float))}
+    return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+
+
+def grpo_config(cfg: Config) -> Config:
+    """Stage grpo's config: checked against the SFT selector it starts from, whose model config it takes
+    (the trainers load that selector; the rollout actors must hold the same base LM)."""
+    t = cfg.creative.train
+    start = Path(t.init_from)
+    if not (start / WEIGHTS).is_file() or not (start / META).is_file():
+        raise ConfigError(f"creative.train.init_from: {start} is not a creative selector (needs {WEIGHTS} and "
+                          f"{META}; run stage sft first)")
+    if start.resolve() == Path(t.output_dir).resolve():
+        raise ConfigError(f"creative.train.output_dir ({t.output_dir}) is the SFT selector grpo starts from; "
+                          "write stage grpo elsewhere (e.g. outputs/creative/grpo)")
+    model = build(ModelConfig, json.loads((start / META).read_text())["model"])
+    if model.lm.tiny:
+        raise ConfigError(f"{start} was trained on a random in-memory LM (model.lm.tiny): the rollout actors "
+                          "cannot load it; stage grpo needs an LM on disk (model.lm.path, or the packaged SmolLM2)")
+    return dataclasses.replace(cfg, model=model)
+
+
+def run_train(cfg: Config) -> dict:
+    """The stage in creative.train.stage; returns a summary (also creative.train.output_dir/summary.json)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from moon_ray.infrastructure.runtime import init_ray
+
+    cfg = with_absolute_paths(cfg, ["creative.pairs.output_dir", "creative.train.output_dir",
+                                    "creative.train.init_projector_from", "creative.train.init_from"])
+    t, clock = cfg.creative.train, Stopwatch()
+    if t.init_projector_from and not (Path(t.init_projector_from) / "trainable.safetensors").is_file():
+        raise FileNotFoundError(f"creative.train.init_projector_from: {t.init_projector_from} has no trainable.safetensors")
+    if t.stage == "grpo":
+        cfg = grpo_config(cfg)
+    init_ray(cfg.ray)
+    out = Path(t.output_dir)
+    pool = None
+    if t.stage == "grpo":
+        from moon_ray.train.driver import start_rollout_pool
+
+        pool = start_rollout_pool(cfg)
+    try:
+        trainer = TorchTrainer(
+            creative_loop_per_worker, train_loop_config={"cfg": to_dict(cfg), "rollout_pool": pool},
+            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                         resources_per_worker={"CPU": t.cpus_per_worker}),
+            run_config=RunConfig(name="run", storage_path=str(out / "ray")),
+            datasets={"train": train_dataset(cfg)},
+        )
+        result = trainer.fit()
+    finally:
+        if pool is not None:
+            import ray
+
+            ray.get(pool.shutdown.remote())
+            ray.kill(pool)
+    if result.checkpoint is None:
+        raise RuntimeError(f"creative {t.stage} finished without a checkpoint under {out / 'ray'}")
+    with result.checkpoint.as_directory() as d:
+        for name in (WEIGHTS, META, "history.json"):
+            shutil.copy2(Path(d) / name, out / name)
+    history = json.loads((out / "history.json").read_text())
+    summary = {"stage": t.stage, "steps": t.steps, "output_dir": str(out), "init_from": t.init_from,
+               "history": history, "seconds": round(clock.elapsed(), 1)}
+    if t.stage == "grpo":
+        r = cfg.rollout
+        summary["reward_curve"] = [{k: h[k] for k in HISTORY_KEYS if k in h} for h in history]
+        summary["rollout"] = {"engine": r.engine, "actors": r.num_workers, "group_size": r.group_size,
+                              "temperature": r.temperature, "kl_coef": r.kl_coef, "clip_eps": r.clip_eps,
+                              "grpo_epochs": r.grpo_epochs, "grpo_minibatches": r.grpo_minibatches,
+                              "sync": f"{r.sync_backend}/{r.sync_mode} every {r.sync_interval}"}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
