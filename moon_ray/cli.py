@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
              ["config", "moon_ray.eval.evaluate:add_eval_args"]),
     "index": ("moon_ray.eval.index_job:cli_index", "embed the catalog once (Ray Data) into the index Serve loads",
               ["config", "moon_ray.eval.index_job:add_index_args"]),
+    "coaugment": ("moon_ray.catalog.coaugment:cli_coaugment", "MOON2.0 co-augmentation: enriched titles (rollout LM) and visual expansions into the product shards", ["config", "moon_ray.catalog.coaugment:add_coaugment_args"]),
     "traces": ("moon_ray.eval.traces_job:cli_traces", "store one greedy reasoning trace per catalog product (rollout engines)", ["config", "moon_ray.eval.traces_job:add_traces_args"]),
     "serve": ("moon_ray.serve.app:cli_serve", "serve /v1/embeddings and /v1/search with Ray Serve",
               ["config", "moon_ray.serve.app:add_serve_args"]),

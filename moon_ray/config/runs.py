@@ -69,6 +69,21 @@ class TrainConfig:
         "scaled back up) instead of the shopper-photo augmentation. 0: off (default; no gain "
         "measured on val yet).",
     )
+    coaugment: bool = opt(
+        False,
+        "MOON2.0 co-augmentation: image queries drawn from visual expansions of the product shot "
+        "(catalog/expansions.py: main subject, new background, angle, detail; made on the fly) and "
+        "product titles swapped for the enriched titles `moon-ray coaugment` stored. Off by "
+        "default: its ablation is not measured yet.",
+    )
+    coaugment_view_p: float = opt(
+        0.3, "With train.coaugment: share of image-query views replaced by a visual expansion."
+    )
+    coaugment_title_p: float = opt(
+        0.3,
+        "With train.coaugment: share of products whose title (product side, align and title->image "
+        "queries) is replaced by its stored enriched title (products without one keep theirs).",
+    )
     checkpoint_every: int = opt(60, "Save a checkpoint every N steps (and at the end).")
     keep_checkpoints: int = opt(2, "Checkpoints kept by Ray Train.")
     max_failures: int = opt(
@@ -106,6 +121,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0 (0: off), got {getattr(self, name)}")
         if not 0.0 <= self.shop_view_p <= 1.0:
             raise ConfigError(f"train.shop_view_p must be between 0 and 1, got {self.shop_view_p}")
+        for name in ("coaugment_view_p", "coaugment_title_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"train.{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.max_failures < -1:
             raise ConfigError(f"train.max_failures must be >= -1 (-1: no limit), got {self.max_failures}")
 

@@ -15,6 +15,8 @@ import random
 import numpy as np
 from PIL import Image, ImageFilter
 
+from moon_ray.catalog.expansions import background_canvas
+
 SHOP_LOW, SHOP_HIGH = (60, 80), (180, 240)  # smallest and largest shop resolution (width, height)
 
 
@@ -68,18 +70,7 @@ def pad_onto_background(img: Image.Image, rng: random.Random) -> Image.Image:
     background; the product itself keeps its pixels."""
     w, h = img.size
     cw, ch = int(w * rng.uniform(1.05, 1.4)), int(h * rng.uniform(1.05, 1.4))
-    base = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
-    kind = rng.randrange(3)
-    if kind == 0:
-        canvas = np.broadcast_to(base, (ch, cw, 3))
-    elif kind == 1:
-        other = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
-        t = np.linspace(0.0, 1.0, ch if rng.random() < 0.5 else cw, dtype=np.float32)
-        ramp = t[:, None, None] if len(t) == ch else t[None, :, None]
-        canvas = np.broadcast_to(base + (other - base) * ramp, (ch, cw, 3))
-    else:
-        noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, 25.0, (ch // 4 + 1, cw // 4 + 1, 3))
-        canvas = np.repeat(np.repeat(base + noise, 4, axis=0), 4, axis=1)[:ch, :cw]
+    canvas = background_canvas(cw, ch, rng, kinds=3)  # plain, gradient or noise texture
     out = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     out.paste(img, (rng.randint(0, cw - w), rng.randint(0, ch - h)))
     return out

@@ -13,11 +13,16 @@ Optional terms (all off by default; no gain measured on val yet), drawn from the
   image-only and multimodal embeddings, both directions, multi-positive: every product with the
   attributes the text names;
 - `train.title_image_weight` (`title_image_loss`): the title as a query (KAGL's text → image) against
-  the products' image-only embeddings, and back; positives: products with the same title.
+  the products' image-only embeddings, and back; positives: products with the same title;
+- `train.coaugment` (MOON2.0 co-augmentation): `train.coaugment_view_p` of the image-query views are a
+  visual expansion of the product shot (catalog/expansions.py, made here on the fly: ~10 ms a view, a
+  fresh draw every step), and `train.coaugment_title_p` of the products with a stored enriched title
+  (`moon-ray coaugment`, column `enriched_title`) train with it in place of their title.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass
@@ -26,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from moon_ray.catalog.expansions import random_expansion
 from moon_ray.catalog.wording import attribute_wording
 from moon_ray.config import Config
 from moon_ray.losses.contrastive import (
@@ -49,6 +55,7 @@ SINGLE_ATTRS = ("colour", "article_type", "gender")
 # attribute texts of the alignment loss: share naming one attribute; else article type plus each of these
 ATTR_SINGLE_P = 0.5
 ATTR_COMBINE_P = {"brand": 0.15, "gender": 0.6, "colour": 0.7}
+ENRICHED_COLUMN = "enriched_title"  # written by `moon-ray coaugment` (catalog/coaugment.py)
 
 
 @dataclass
@@ -62,6 +69,7 @@ class TrainBatch:
     query_attrs: torch.Tensor  # (B, 4) bool: attributes the text query names
     attrs: list[dict[str, str]] | None = None  # per product: its non-empty ATTRS values
     seed: int = 0  # for what training_forward draws by config (shop views, attribute texts)
+    enriched: list[str | None] | None = None  # per product: its stored enriched title, if any
 
 
 def attr_hash(value) -> int:
@@ -95,6 +103,7 @@ def make_batch(rows: dict[str, np.ndarray], rng: random.Random, image_size: int)
         query_attrs=torch.tensor(used, dtype=torch.bool),
         attrs=[{a: str(rows[a][i]) for a in ATTRS if rows[a][i]} for i in range(n)],
         seed=rng.getrandbits(62),
+        enriched=[str(t) if t else None for t in rows[ENRICHED_COLUMN]] if ENRICHED_COLUMN in rows else None,
     )
 
 
@@ -132,11 +141,30 @@ def query_views(batch: TrainBatch, share: float, size: int) -> list:
             for im, v in zip(batch.images, batch.views, strict=True)]
 
 
+def coaugmented(batch: TrainBatch, view_p: float, title_p: float, size: int) -> tuple[TrainBatch, dict]:
+    """The batch with `view_p` of its query views replaced by a visual expansion of the product image
+    and `title_p` of its titles by the stored enriched title (where one is stored), drawn from the
+    batch seed; and {"coaug_views", "coaug_titles"}: how many were replaced."""
+    rng = random.Random(batch.seed + 2)
+    views, titles = list(batch.views), list(batch.titles)
+    enriched = batch.enriched or [None] * len(titles)
+    n_views = n_titles = 0
+    for i, image in enumerate(batch.images):
+        if rng.random() < view_p:
+            views[i], n_views = random_expansion(image, rng, size)[1], n_views + 1
+        if enriched[i] and rng.random() < title_p:
+            titles[i], n_titles = enriched[i], n_titles + 1
+    return dataclasses.replace(batch, views=views, titles=titles), {"coaug_views": n_views, "coaug_titles": n_titles}
+
+
 def training_forward(model: nn.Module, temperature: Temperature, batch: TrainBatch, cfg: Config,
                      reasoning: list[str] | None = None) -> tuple[dict, dict]:
     """Embeds products (with their reasoning traces when given) and queries, gathers candidates
     across ranks, returns (losses, metrics)."""
     t, dims = cfg.train, cfg.model.matryoshka
+    coaug = {}
+    if t.coaugment:
+        batch, coaug = coaugmented(batch, t.coaugment_view_p, t.coaugment_title_p, cfg.model.vision.image_size)
     pixels = model.pixels(batch.images)
     views = model.pixels(query_views(batch, t.shop_view_p, cfg.model.vision.image_size))
     # the augmented views feed the image and the image+text queries: run the tower over them once
@@ -154,7 +182,7 @@ def training_forward(model: nn.Module, temperature: Temperature, batch: TrainBat
     q_ids, q_used = batch.attr_ids.to(cand.device), batch.query_attrs.to(cand.device)
     same_cat = (q_ids[:, 2:3] == c_ids[:, 2].unsqueeze(0))
     common = dict(temperature=tau, hard_negatives=same_cat, hard_weight=t.hard_negative_weight)
-    losses, metrics, aux = {}, {}, [prod.aux_loss]
+    losses, metrics, aux = {}, dict(coaug), [prod.aux_loss]
     if t.text_weight > 0:
         q = model(texts=batch.text_queries, modality="text", is_query=True)
         pos = text_positives(q_ids, q_used, c_ids) | own
