@@ -1,4 +1,5 @@
-"""Benchmark: throughput of the synchronous rollout loop with 1, 2 and 4 rollout actors, and idle fractions.
+"""Benchmark: throughput of the synchronous and asynchronous rollout loops with 1, 2 and 4 rollout actors,
+and idle fractions.
 
     .venv/bin/python bench/rollout_scaling.py [--actors 1 2 4] [--steps 8] [--out bench/results/rollout_scaling.json]
 
@@ -14,8 +15,14 @@ actor's busy time, generating or loading, over the step time; mean over actors).
 run side by side and their steps interleave (1, 2, 4, 1, 2, 4, ...), so load from other processes on the
 machine falls on all sizes alike.
 
-Only the synchronous loop exists in this tree; an asynchronous loop (generation running ahead of the
-update) would overlap gen with update, which is what the idle fractions below leave on the table.
+The asynchronous rows are the loop of `rollout.asynchronous=true` (train/joint.py AsyncRolloutSide) with
+the same simulated engine, update and payload: at step s the trainer collects batch s from the pool
+(`wait`: the trainer idles), submits the next batches (min(--max-inflight, --max-staleness) ahead, each with
+the oldest weights it may be made with, rollout/ahead.py LookAhead), runs the update, and sends the weights
+(`sync`: the put, and the pool's delivery to idle actors; busy ones load before their next chunk). Each
+size runs alone (a pool's generation keeps going between its steps, so interleaving sizes would hide other
+sizes' steps inside its waits); the JSON says so. Trainer idle = wait / step time; the age of every
+sample (trainer version − its version) is counted and must stay within --max-staleness.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import torch
 
 from moon_ray.config import RayConfig
 from moon_ray.infrastructure.runtime import init_ray
+from moon_ray.rollout.ahead import LookAhead
 from moon_ray.rollout.base import SamplingConfig
 from moon_ray.rollout.pool import RolloutPool
 from moon_ray.weight_sync.object_store import ObjectStoreTransport
@@ -93,6 +101,61 @@ def measure(args) -> list[dict]:
     return out
 
 
+def measure_async(args) -> list[dict]:
+    """Each pool size alone: the asynchronous loop for warmup + steps steps."""
+    transport, weights = ObjectStoreTransport(), payload(args.payload_mb)
+    torch.manual_seed(0)
+    prompts = [torch.randn(24, 576) for _ in range(args.products)]
+    total_steps = args.warmup + args.steps
+    out = []
+    for n in args.actors:
+        pool = RolloutPool.remote("simulated", {"token_s": args.token_s, "batch_size": args.batch}, n, 0.25)
+        ray.get(pool.status.remote())
+        plan = LookAhead(args.max_inflight, args.max_staleness, 1, 0, 0, total_steps)
+        tickets: dict[int, int] = {}
+        rows, ages = [], {}
+        try:
+            for s in range(total_steps):
+                if s == args.warmup:
+                    busy0 = busy(pool)
+                t0 = time.perf_counter()
+                ticket = tickets.pop(s, None)
+                if ticket is None:
+                    ticket = ray.get(pool.submit.remote(prompts, SamplingConfig(n=args.group, max_tokens=args.max_tokens,
+                                                                              seed=s), plan.min_version(s)))
+                groups = ray.get(pool.collect.remote(ticket))
+                t1 = time.perf_counter()
+                for j in plan.wanted(s, set(tickets)):
+                    sampling = SamplingConfig(n=args.group, max_tokens=args.max_tokens, seed=j)
+                    tickets[j] = ray.get(pool.submit.remote(prompts, sampling, plan.min_version(j)))
+                t2 = time.perf_counter()
+                time.sleep(args.update_s)  # the trainer's update, simulated
+                t3 = time.perf_counter()
+                transport.send(weights, [pool], version=s + 1)
+                t4 = time.perf_counter()
+                assert len(groups) == len(prompts)
+                if s >= args.warmup:
+                    for g in groups:
+                        for r in g:
+                            ages[s - r.version] = ages.get(s - r.version, 0) + 1
+                    rows.append({"wait_s": t1 - t0, "submit_s": t2 - t1, "update_s": t3 - t2, "sync_s": t4 - t3,
+                                 "step_s": t4 - t0})
+            busy1 = busy(pool)
+        finally:
+            ray.get(pool.shutdown.remote())
+            ray.kill(pool)
+        total = sum(x["step_s"] for x in rows)
+        actor_busy = statistics.mean(b - a for a, b in zip(busy0, busy1, strict=True))
+        out.append({"actors": n, "samples_per_s": round(args.products * args.group * len(rows) / total, 2),
+                    **{k: round(statistics.median(x[k] for x in rows), 4) for k in rows[0]},
+                    "trainer_idle": round(sum(x["wait_s"] for x in rows) / total, 3),
+                    "rollout_idle": round(1 - actor_busy / total, 3),
+                    "sample_age_counts": {str(a): ages[a] for a in sorted(ages)},
+                    "max_age": max(ages), "within_staleness": max(ages) <= args.max_staleness})
+        print("async", out[-1], flush=True)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
@@ -105,24 +168,41 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16, help="sequences per simulated decoding step")
     p.add_argument("--update-s", type=float, default=0.25, help="simulated trainer update per step")
     p.add_argument("--payload-mb", type=float, default=32.0, help="weight payload synced per step")
+    p.add_argument("--max-inflight", type=int, default=2, help="asynchronous loop: rollout.max_inflight")
+    p.add_argument("--max-staleness", type=int, default=2, help="asynchronous loop: rollout.max_staleness")
     p.add_argument("--out", default="bench/results/rollout_scaling.json")
     args = p.parse_args()
-    init_ray(RayConfig(num_cpus=2, progress=False))
+    for attempt in range(3):  # Ray gives its raylet 30 s to register: a loaded machine can miss that
+        try:
+            init_ray(RayConfig(num_cpus=2, progress=False))
+            break
+        except Exception as e:
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+            print(f"ray did not start ({e}); retrying", flush=True)
+            ray.shutdown()
     rows = measure(args)
+    async_rows = measure_async(args)
     base = rows[0]["samples_per_s"]
-    for r in rows:
-        r["speedup_vs_first"] = round(r["samples_per_s"] / base, 2)
+    for r in rows + async_rows:
+        r["speedup_vs_sync_first"] = round(r["samples_per_s"] / base, 2)
+    best = max(async_rows, key=lambda r: r["actors"])
     result = {
         "bench": "rollout_scaling",
-        "loop": "synchronous: gen -> update -> sync each step (rollout.async is not built in this tree)",
+        "loop": "synchronous rows: gen -> update -> sync each step; asynchronous rows: collect -> submit ahead -> "
+                "update -> sync, generation of the next batches overlapping the update (rollout.asynchronous=true)",
         "engine": f"simulated: sleep {args.token_s} s per decoding step of up to {args.batch} sequences "
                   "(moon_ray/rollout/simulated.py), not a language model",
         "update": f"simulated: sleep {args.update_s} s (no trainer)",
         "sync": f"real: object-store payload of {args.payload_mb:g} MB, put once, every actor pulls it",
-        "settings": vars(args), "rows": rows,
-        "note": "sizes measured together, steps interleaved round by round; phase seconds are medians; idle "
-                "fractions over each size's own steps: trainer = (gen + sync) / step time, rollout = 1 - actor "
-                "busy (generate + load) / step time, mean over actors",
+        "settings": vars(args), "rows": rows, "async_rows": async_rows,
+        "target": {"want": f"async with {best['actors']} actors >= 2.5x sync with {rows[0]['actors']}, trainer idle < 0.2",
+                   "speedup": best["speedup_vs_sync_first"], "trainer_idle": best["trainer_idle"],
+                   "met": best["speedup_vs_sync_first"] >= 2.5 and best["trainer_idle"] < 0.2},
+        "note": "synchronous sizes measured together, steps interleaved round by round; asynchronous sizes one after "
+                "another, each alone, after the synchronous ones; phase seconds are medians; idle fractions over each "
+                "size's own steps: trainer = (gen + sync) / step time (synchronous), wait / step time (asynchronous); "
+                "rollout = 1 - actor busy (generate + load) / step time, mean over actors",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
