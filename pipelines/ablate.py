@@ -27,6 +27,10 @@ from moon_ray.eval.arms import train_or_reuse, with_model
 from moon_ray.eval.evaluate import run_eval
 from moon_ray.eval.report import compare, overlap
 
+# this pipeline compares models and serves none: no catalog index after each export (9,583 products,
+# and a trace per product for a reasoning model)
+NO_INDEX = "serve.index_after_export=false"
+
 ARMS: dict[str, list[str]] = {
     "full": [],
     "no_fusion": ["model.fusion=false"],
@@ -39,7 +43,7 @@ ARMS: dict[str, list[str]] = {
 def arm_config(name: str, args):
     common = [f"train.steps={args.steps}", f"train.output_dir={args.out / name}", "train.resume=false",
               f"train.checkpoint_every={args.steps}", f"train.eval_every={args.eval_every or args.steps}",
-              f"eval.output_dir={args.out / 'eval'}", "eval.split=test"]
+              f"eval.output_dir={args.out / 'eval'}", "eval.split=test", NO_INDEX]
     return load_config(args.config, [*common, *args.overrides, *ARMS[name]])
 
 

@@ -28,12 +28,17 @@ from moon_ray.eval.report import compare, model_slug
 from moon_ray.infrastructure.timing import timed
 from moon_ray.train.driver import run_train
 
+# this pipeline compares models and serves none: no catalog index after each export (9,583 products,
+# and a trace per product for a reasoning model)
+NO_INDEX = "serve.index_after_export=false"
+
 JOINT_YAML = Path(__file__).parent / "configs" / "joint.yaml"
 
 
 def arm_config(name: str, args, overrides: list[str]):
     common = [f"train.init_from={args.init}", f"train.steps={args.steps}", f"train.output_dir={args.out / name}",
-              f"train.checkpoint_every={args.steps}", "train.resume=false", f"eval.output_dir={args.out / 'eval'}"]
+              f"train.checkpoint_every={args.steps}", "train.resume=false", f"eval.output_dir={args.out / 'eval'}",
+              NO_INDEX]
     arm = [] if name == "joint" else ["rollout.enabled=false"]
     return load_config(JOINT_YAML, [*common, *args.arm_defaults, *overrides, *arm])
 

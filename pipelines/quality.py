@@ -28,6 +28,10 @@ from moon_ray.eval.arms import cached_json, train_or_reuse, with_model
 from moon_ray.eval.evaluate import run_eval
 from moon_ray.eval.kagl import run_kagl
 
+# this pipeline compares models and serves none: no catalog index after each export (9,583 products,
+# and a trace per product for a reasoning model)
+NO_INDEX = "serve.index_after_export=false"
+
 JOINT_YAML = Path(__file__).parent / "configs" / "joint.yaml"
 # The joint model embeds every product with the greedy trace its policy writes; the 60×80 variant would
 # need a second trace per product (from the small image), doubling the most expensive part of its
@@ -54,7 +58,7 @@ HEADLINE = (
 
 def arm_config(arm: str, args):
     out = args.out / arm
-    common = [f"eval.output_dir={args.out / 'eval'}", "eval.split=test", *args.overrides]
+    common = [f"eval.output_dir={args.out / 'eval'}", "eval.split=test", NO_INDEX, *args.overrides]
     if arm == "frozen":
         return load_config(None, [*common, "eval.model=frozen"])
     train = [f"train.output_dir={out}", "train.resume=true"] + ([f"train.steps={args.steps}"] if args.steps else [])
