@@ -10,6 +10,8 @@ Arms:
     moon_joint  MOON fine-tuned jointly from the moon arm's export (pipelines/configs/joint.yaml):
                 --joint-sft-steps of rationale SFT (the cold start), then contrastive + GRPO up to
                 --joint-steps; val-chosen among its checkpoints; evaluated without the 60×80 rows
+    moon_joint_async  moon_joint with asynchronous rollouts (rollout.asynchronous=true: the pool
+                generates the next batches while the trainers update), same start and steps
 
 Trained arms run `moon-ray train` with validation on (`train.eval_every`), so their export is the
 checkpoint with the best `train.select_metric` on val; then `moon-ray eval` (ours) and
@@ -37,7 +39,7 @@ JOINT_YAML = Path(__file__).parent / "configs" / "joint.yaml"
 # need a second trace per product (from the small image), doubling the most expensive part of its
 # evaluation on 2 cores. Low-res rows are therefore not measured for moon_joint (said in the JSON).
 JOINT_EVAL = ["eval.low_res=false"]
-ARMS = ("frozen", "dual", "moon", "moon_joint")
+ARMS = ("frozen", "dual", "moon", "moon_joint", "moon_joint_async")
 # (result key, protocol, metric): the README's headline columns
 HEADLINE = (
     ("text → product nDCG@10, unseen wording", "mbe", "text_unseen/nDCG@10"),
@@ -70,6 +72,8 @@ def arm_config(arm: str, args):
     joint = [f"train.init_from={args.out / 'moon' / 'export'}", f"train.steps={args.joint_steps}",
              f"train.output_dir={out}", f"train.eval_every={every}", "train.resume=true",
              f"train.checkpoint_every={every}", f"rollout.sft_steps={args.joint_sft_steps}", *JOINT_EVAL]
+    if arm == "moon_joint_async":  # the same run with rollouts generated ahead (issue 15): equal steps and start
+        joint.append("rollout.asynchronous=true")
     return load_config(JOINT_YAML, [*common, *joint])
 
 
@@ -86,7 +90,7 @@ def run_arm(arm: str, args) -> dict:
     if arm != "frozen":
         summary = train_or_reuse(cfg, args.out / arm, args.reuse)
         record.update(selected=summary.get("selected"), train_s=summary.get("seconds"), steps=summary.get("steps"))
-        if arm == "moon_joint":
+        if arm.startswith("moon_joint"):
             record.update(sft_steps=args.joint_sft_steps, eval_overrides=JOINT_EVAL)
         model = str((args.out / arm / "export").resolve())
     cfg = with_model(cfg, model)

@@ -72,6 +72,10 @@ def test_quality_arms_share_the_test_split_and_chain_joint_from_moon(tmp_path):
     assert joint.train.steps == 4 and quality.arm_config("dual", args).model.arch == "dual"
     assert joint.rollout.sft_steps == 4 and joint.train.eval_every == 2 and not joint.eval.low_res
     assert moon.eval.low_res  # only the reasoning arm skips the 60×80 rows
+    joint_async = quality.arm_config("moon_joint_async", args)
+    assert joint_async.rollout.asynchronous and not joint.rollout.asynchronous
+    assert joint_async.train.output_dir == str(tmp_path / "moon_joint_async")
+    assert (joint_async.train.init_from, joint_async.train.steps) == (joint.train.init_from, joint.train.steps)
 
 
 def test_arms_reuse_a_finished_training_only_of_the_asked_steps(tmp_path, monkeypatch):
