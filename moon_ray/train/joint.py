@@ -17,6 +17,16 @@ Per step, each phase timed by name (moon_ray/infrastructure/timing.py):
   others GRPO alone, so the ratio to the sampling policy moves and the clip acts.
 - sync: every `rollout.sync_interval` steps, trainer rank 0 -> every actor, through a weight transport.
 
+With `rollout.asynchronous=true` (`AsyncRolloutSide`) each rank pulls its next batches from the data
+stream early and submits their prompts (built with its current model) to the pool's queue, up to
+min(rollout.max_inflight, rollout.max_staleness) steps ahead, each with the oldest weights it may be made
+with (moon_ray/rollout/ahead.py); at step s it collects batch s (time_wait: the trainer idles), submits the
+look-ahead, then scores and updates while the pool generates. The actors load a sync between chunks. A
+rollout's age (trainer version − the version that made it) drives the GRPO step's importance weights
+(capped at rollout.stale_weight_cap); beyond max_staleness it is dropped and counted. Both loops log per
+step: sample_age_* (a histogram), version_lag_max, queue_depth, rollout_idle (from the pool) and, in the
+worker loop, trainer_idle (time_wait over the step).
+
 The first `rollout.sft_steps` steps are the cold start (train/sft.py): InfoNCE + the rationale LM loss,
 no rollouts. `RolloutSide` holds the loop's rollout half; `NoRollouts` is the same shape for
 contrastive-only training, so the worker loop has no branches.
@@ -25,6 +35,7 @@ contrastive-only training, so the worker loop has no branches.
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +49,7 @@ from moon_ray.losses.grpo import group_advantages, grpo_loss, staleness_weights
 from moon_ray.models.reasoning import build_prompt_embeds, generate_reasoning
 from moon_ray.models.temperature import Temperature
 from moon_ray.rewards import broken_reason, contrastive_reward, within_group_std
+from moon_ray.rollout.ahead import LookAhead, age_histogram, rollout_idle
 from moon_ray.rollout.base import Rollout, SamplingConfig
 from moon_ray.rollout.pool import split_evenly
 from moon_ray.train.negatives import NegativeBank
@@ -58,16 +70,22 @@ class RolloutBatch:
     bank: NegativeBank | None = None
 
 
-def generate_phase(model, pool, batch: TrainBatch, cfg: Config, trainer_version: int, seed: int) -> RolloutBatch:
-    """Prompt embeddings from the current model (no grad) -> the rollout pool -> B × G rollouts."""
-    import ray
-
+def prompt_inputs(model, batch: TrainBatch, cfg: Config, seed: int) -> tuple[list[torch.Tensor], SamplingConfig]:
+    """Prompt embeddings from the current model (no grad, unpadded, on CPU) and the sampling settings."""
     r = cfg.rollout
     with torch.no_grad():
         prompts = build_prompt_embeds(model, model.pixels(batch.images), batch.titles)
     unpadded = [prompts.embeds[i][prompts.mask[i].bool()].cpu() for i in range(len(batch.titles))]
-    sampling = SamplingConfig(n=r.group_size, max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p, seed=seed)
-    return RolloutBatch(traces=ray.get(pool.generate.remote(unpadded, sampling)), trainer_version=trainer_version)
+    return unpadded, SamplingConfig(n=r.group_size, max_tokens=r.max_tokens, temperature=r.temperature,
+                                    top_p=r.top_p, seed=seed)
+
+
+def generate_phase(model, pool, batch: TrainBatch, cfg: Config, trainer_version: int, seed: int) -> RolloutBatch:
+    """Prompt embeddings from the current model (no grad) -> the rollout pool -> B × G rollouts."""
+    import ray
+
+    prompts, sampling = prompt_inputs(model, batch, cfg, seed)
+    return RolloutBatch(traces=ray.get(pool.generate.remote(prompts, sampling)), trainer_version=trainer_version)
 
 
 def embed_traces(model, batch: TrainBatch, rollouts: RolloutBatch, cfg: Config) -> list[str]:
@@ -239,7 +257,8 @@ class JointTrainingModule(nn.Module):
         if r.kl_coef > 0 and rollouts.ref_logp is not None:
             ref = rollouts.ref_logp[chunk.start * g : chunk.stop * g, : ids.shape[1]].to(logp.device)
         lag = torch.tensor([rollouts.trainer_version - x.version for x in flat], device=logp.device)
-        keep, weights = staleness_weights(lag, r.max_staleness, old, roll_lp, mask, policy=r.stale_policy)
+        keep, weights = staleness_weights(lag, r.max_staleness, old, roll_lp, mask, policy=r.stale_policy,
+                                          cap=r.stale_weight_cap)
         adv = scored.advantages[chunk.start : chunk.stop].reshape(-1).to(logp.device)
         loss, metrics = grpo_loss(logp, old, ref, adv, mask, clip_eps=r.clip_eps, kl_coef=r.kl_coef, weights=weights)
         metrics.update({"version_lag": float(lag.float().mean()), "kept_rollouts": float(keep.float().mean())})
@@ -278,6 +297,9 @@ class NoRollouts:
     def generate(self, model, batch: TrainBatch, step: int, timer: PhaseTimer, rows: dict | None = None) -> tuple:
         return ()
 
+    def stream(self, source):
+        return source
+
     def after_step(self, model, step: int, timer: PhaseTimer) -> dict:
         return {}
 
@@ -295,6 +317,15 @@ class RolloutSide:
         self.reference: ReferencePolicy | None = None
         self.bank = NegativeBank.from_catalog(cfg) if r.bank_size > 0 else None
         self.rng = random.Random(cfg.train.seed * 7919 + rank)
+        self.step_metrics: dict = {}  # the last rollout batch's ages, the pool's idle fraction and queue
+        self._stats: dict | None = None  # the pool's stats() at the previous step
+
+    def stream(self, source):
+        """The (rows, batch) stream the worker loop reads: the data as it comes (the async side reads ahead)."""
+        return source
+
+    def seed(self, step: int) -> int:
+        return self.cfg.train.seed * 100_003 + step * 17 + self.rank
 
     def step_module(self, model, temperature, cfg: Config) -> nn.Module:
         return JointTrainingModule(model, temperature, cfg)
@@ -312,9 +343,19 @@ class RolloutSide:
             if fields is None:
                 raise ValueError("rollout.sft_steps: the SFT stage needs the batch's catalog rows")
             return (rationale_batch(fields, self.rng),)
-        seed = self.cfg.train.seed * 100_003 + step * 17 + self.rank
+        with timer("gen"), timer("wait"):  # the trainer waits for the pool (its prompt embeds included)
+            rollouts = generate_phase(model, self.pool, batch, self.cfg, step, seed=self.seed(step))
+        return (self.complete(model, batch, rollouts, rows, step, timer),)
+
+    def complete(self, model, batch: TrainBatch, rollouts: RolloutBatch, rows: dict | None, step: int,
+                 timer: PhaseTimer) -> RolloutBatch:
+        """What the update needs beside the traces: catalog fields and ids, embed traces, reference
+        log-probs, the bank; and the batch's sample ages for the step's metrics."""
+        r = self.cfg.rollout
+        fields = product_fields(rows) if rows is not None else None
+        ages = [step - x.version for group in rollouts.traces for x in group]
+        self.step_metrics |= age_histogram(ages, r.max_staleness) | {"version_lag_max": float(max(ages, default=0))}
         with timer("gen"):
-            rollouts = generate_phase(model, self.pool, batch, self.cfg, step, seed=seed)
             rollouts.fields = fields
             rollouts.ids = [str(i) for i in rows["id"]] if rows is not None and "id" in rows else None
             with model.compute_weights():
@@ -330,17 +371,88 @@ class RolloutSide:
                 with timer("bank"), torch.no_grad(), evaluating(model), model.compute_weights():
                     self.bank.refresh(model, step)
             rollouts.bank = self.bank
-        return (rollouts,)
+        return rollouts
 
     def after_step(self, model, step: int, timer: PhaseTimer) -> dict:
         r = self.cfg.rollout
+        out, self.step_metrics = self.step_metrics | self.pool_metrics(), {}
         if self.transport is None or step < r.sft_steps:
-            return {}
+            return out
         if step % r.sync_interval and step != r.sft_steps:
-            return {}
+            return out
         with timer("sync"):
-            return sync_phase(model, self.pool, step, self.transport)
+            return out | sync_phase(model, self.pool, step, self.transport)
+
+    def pool_metrics(self) -> dict:
+        """The pool's idle fraction since the previous step and its queue (its own records, no waiting)."""
+        import ray
+
+        if self.pool is None:
+            return {}
+        stats = ray.get(self.pool.stats.remote())
+        before, self._stats = self._stats, stats
+        out = {"pool_queued_chunks": float(stats["queued_chunks"]), "pool_blocked_chunks": float(stats["blocked_chunks"])}
+        idle = rollout_idle(before, stats) if before is not None else None
+        return out | ({"rollout_idle": idle} if idle is not None else {})
+
+
+class AsyncRolloutSide(RolloutSide):
+    """`rollout.asynchronous=true`: the same rollout half, with generation running ahead of the update (see
+    the module docstring). Each rank keeps its own look-ahead of its own shard's batches."""
+
+    def __init__(self, pool, cfg: Config, rank: int):
+        super().__init__(pool, cfg, rank)
+        self.ahead: deque = deque()  # (rows, batch) of the next steps, pulled early from the data stream
+        self.tickets: dict[int, int] = {}  # step -> the pool's ticket for that step's batch
+        self.source = None
+        self.plan: LookAhead | None = None
+
+    def start(self, model, step: int, initialised: bool) -> None:
+        super().start(model, step, initialised)
+        r = self.cfg.rollout
+        self.plan = LookAhead(r.max_inflight, r.max_staleness, r.sync_interval, r.sft_steps, step, self.cfg.train.steps)
+
+    def stream(self, source):
+        """Batches pulled ahead come first, then the source; one item per step, in order."""
+        self.source = source
+        while True:
+            yield self.ahead.popleft() if self.ahead else next(source)
+
+    def generate(self, model, batch: TrainBatch, step: int, timer: PhaseTimer, rows: dict | None = None) -> tuple:
+        import ray
+
+        if step < self.cfg.rollout.sft_steps:
+            out = super().generate(model, batch, step, timer, rows)  # an SFT batch; the look-ahead may start
+            self.submit_ahead(model, step, timer)
+            return out
+        with timer("gen"):
+            ticket = self.tickets.pop(step, None)
+            if ticket is None:  # the first GRPO step of this run (or of a restart)
+                ticket = self.submit(model, batch, step)
+            with timer("wait"):
+                traces = ray.get(self.pool.collect.remote(ticket))
+        self.submit_ahead(model, step, timer)  # before scoring: the pool generates during the update
+        rollouts = self.complete(model, batch, RolloutBatch(traces=traces, trainer_version=step), rows, step, timer)
+        return (rollouts,)
+
+    def submit(self, model, batch: TrainBatch, j: int) -> int:
+        import ray
+
+        prompts, sampling = prompt_inputs(model, batch, self.cfg, self.seed(j))
+        return ray.get(self.pool.submit.remote(prompts, sampling, self.plan.min_version(j)))
+
+    def submit_ahead(self, model, step: int, timer: PhaseTimer) -> None:
+        """Submit the batches of the next steps the plan wants out now (pulling them from the stream)."""
+        with timer("gen"):
+            for j in self.plan.wanted(step, set(self.tickets)):
+                while len(self.ahead) < j - step:
+                    self.ahead.append(next(self.source))
+                _, batch_j = self.ahead[j - step - 1]
+                self.tickets[j] = self.submit(model, batch_j, j)
+        self.step_metrics["queue_depth"] = float(len(self.tickets))
 
 
 def rollout_side(pool, cfg: Config, rank: int) -> RolloutSide | NoRollouts:
-    return RolloutSide(pool, cfg, rank) if cfg.rollout.enabled and pool is not None else NoRollouts()
+    if not cfg.rollout.enabled or pool is None:
+        return NoRollouts()
+    return (AsyncRolloutSide if cfg.rollout.asynchronous else RolloutSide)(pool, cfg, rank)

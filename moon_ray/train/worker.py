@@ -2,6 +2,8 @@
 
 Each rank: build the model (same seed everywhere), wrap it with DDP (gloo on CPU, NCCL on GPU), read
 its shard of the train split, and step: make_batch -> training_forward -> sum of *_loss -> AdamW.
+Batches come from `batch_stream` through the rollout side's `stream` (asynchronous rollouts read it ahead
+to submit the next batches' prompts early); `trainer_idle` is the step's time waiting for rollouts.
 Rank 0 writes TensorBoard events, feeds the driver's progress bar, and saves checkpoints that every
 rank reports to Ray Train together.
 """
@@ -122,33 +124,40 @@ def train_loop_per_worker(config: dict) -> None:
     choose = Selection(cfg, fresh=step == 0) if rank == 0 and cfg.train.eval_every > 0 else None
     writer = _tensorboard(cfg) if rank == 0 else None
     progress = config.get("progress")
-    shard = ray.train.get_dataset_shard("train")
     rng = random.Random(cfg.train.seed * 1000 + rank)
+    stream = rollouts.stream(batch_stream(ray.train.get_dataset_shard("train"), cfg, rng))  # async: reads ahead
     window, clock = [], Stopwatch()
     while step < cfg.train.steps:
-        for rows in shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", drop_last=True,
-                                       local_shuffle_buffer_size=4 * cfg.train.batch_size):
-            batch, timer = make_batch(rows, rng, cfg.model.vision.image_size), PhaseTimer()
-            extra = rollouts.generate(model, batch, step, timer, rows)
-            metrics = train_step(step_module, optimizer, scheduler, batch, cfg, *extra, timer=timer)
-            step += 1
-            metrics |= rollouts.after_step(model, step, timer)
-            if choose is not None and choose.due(step):
-                save = partial(save_checkpoint, model=model, temperature=temperature, optimizer=optimizer,
-                               scheduler=scheduler, step=step, cfg=cfg)
-                with timer("val"):
-                    metrics |= choose(step, model, save)
-            metrics |= timer.metrics()
-            window.append(metrics)
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps or step % cfg.train.checkpoint_every == 0:
-                train_s = clock.lap() - sum(m.get("time_val", 0.0) for m in window)  # validation is not training
-                report = _mean(window) | {"step": step, "samples_per_s": len(window) * cfg.train.batch_size * ctx.get_world_size() / train_s}
-                window = []
-                _report(report, step, cfg, rank, model, temperature, optimizer, scheduler, writer, progress)
-            if step >= cfg.train.steps:
-                break
+        rows, batch = next(stream)
+        timer, watch = PhaseTimer(), Stopwatch()
+        extra = rollouts.generate(model, batch, step, timer, rows)
+        metrics = train_step(step_module, optimizer, scheduler, batch, cfg, *extra, timer=timer)
+        step += 1
+        metrics |= rollouts.after_step(model, step, timer)
+        if "time_wait" in timer.totals:  # waiting for rollouts over the step (validation not counted)
+            metrics["trainer_idle"] = timer.totals["time_wait"] / watch.elapsed()
+        if choose is not None and choose.due(step):
+            save = partial(save_checkpoint, model=model, temperature=temperature, optimizer=optimizer,
+                           scheduler=scheduler, step=step, cfg=cfg)
+            with timer("val"):
+                metrics |= choose(step, model, save)
+        metrics |= timer.metrics()
+        window.append(metrics)
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps or step % cfg.train.checkpoint_every == 0:
+            train_s = clock.lap() - sum(m.get("time_val", 0.0) for m in window)  # validation is not training
+            report = _mean(window) | {"step": step, "samples_per_s": len(window) * cfg.train.batch_size * ctx.get_world_size() / train_s}
+            window = []
+            _report(report, step, cfg, rank, model, temperature, optimizer, scheduler, writer, progress)
     if writer is not None:
         writer.close()
+
+
+def batch_stream(shard, cfg: Config, rng: random.Random):
+    """(rows, batch) of this rank's shard, epoch after epoch, made in order as they are read."""
+    while True:
+        for rows in shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", drop_last=True,
+                                       local_shuffle_buffer_size=4 * cfg.train.batch_size):
+            yield rows, make_batch(rows, rng, cfg.model.vision.image_size)
 
 
 class Selection:

@@ -130,6 +130,63 @@ def test_joint_training_on_ray_train(real_slice, tiny_dir, tmp_path):
     assert (tmp_path / "export" / "trainable.safetensors").exists()
 
 
+def test_async_rollout_side_generates_ahead_within_the_staleness_bound(ray_local, diverse_dir):
+    """The worker loop's calls with rollout.asynchronous=true on one rank (rank 0: it syncs), a torch-engine
+    actor and the tiny LM: batch j is submitted at step j-1 and made with version j-1 while step j-1 updates,
+    so from the second step on every sample is exactly one version old, importance-weighted and kept."""
+    from moon_ray.infrastructure.timing import PhaseTimer
+    from moon_ray.train.joint import AsyncRolloutSide, rollout_side
+
+    cfg = joint_cfg(diverse_dir, "rollout.asynchronous=true", "rollout.max_staleness=1", "rollout.max_inflight=2",
+                    "rollout.group_size=2", "rollout.max_tokens=4", "rollout.kl_coef=0", "rollout.bank_size=0",
+                    "rollout.grpo_minibatches=1", "train.steps=4")
+    pool = RolloutPool.remote("torch", {"model_dir": str(diverse_dir), "threads": 1}, 1, 0.25)
+    try:
+        model, temperature, opt, sched = build_training(cfg, torch.device("cpu"))
+        side = rollout_side(pool, cfg, rank=0)
+        assert isinstance(side, AsyncRolloutSide)
+        side.start(model, 0, False)
+        rng, made = random.Random(0), []
+        source = ((made.append(i) or rows(4), make_batch(rows(4), rng, 224)) for i in range(100))
+        stream, module, history = side.stream(source), JointTrainingModule(model, temperature, cfg), []
+        for step in range(cfg.train.steps):
+            data, batch = next(stream)
+            timer = PhaseTimer()
+            extra = side.generate(model, batch, step, timer, data)
+            metrics = train_step(module, opt, sched, batch, cfg, *extra, timer=timer)
+            history.append(metrics | side.after_step(model, step + 1, timer) | timer.metrics())
+    finally:
+        ray.get(pool.shutdown.remote())
+    assert [h["version_lag_max"] for h in history] == [0.0, 1.0, 1.0, 1.0]
+    assert [h["sample_age_1"] for h in history] == [0.0, 8.0, 8.0, 8.0]  # 4 products × 2 samples
+    assert all(h["sample_age_over"] == 0.0 and h["kept_rollouts"] == 1.0 for h in history)
+    assert [h["queue_depth"] for h in history] == [1.0, 1.0, 1.0, 0.0]  # nothing submitted beyond train.steps
+    assert made == [0, 1, 2, 3] and not side.ahead and not side.tickets  # each batch read once, in order
+    assert all("time_wait" in h and "rollout_idle" in h for h in history[1:])
+    assert all(h["synced_version"] == i + 1 for i, h in enumerate(history))
+
+
+def test_async_joint_training_on_ray_train(real_slice, tiny_dir, tmp_path):
+    """rollout.asynchronous=true on Ray Train (2 DDP workers, one torch-engine actor): each rank generates its
+    next batch during the update, so later steps train on rollouts one version old (importance-weighted),
+    never older than rollout.max_staleness, and the run ends at its step count."""
+    from moon_ray.train.driver import run_train
+
+    cfg = joint_cfg(tiny_dir, f"data.output_dir={real_slice}", f"train.output_dir={tmp_path}", "train.steps=3",
+                    "train.log_every=1", "train.checkpoint_every=3", "train.cpus_per_worker=0.5", "ray.progress=false",
+                    "rollout.num_workers=1", "rollout.group_size=2", "rollout.max_tokens=4",
+                    "rollout.asynchronous=true", "rollout.max_inflight=2", "rollout.max_staleness=1")
+    history = run_train(cfg)["history"]
+    assert [h["step"] for h in history] == [1, 2, 3]
+    assert history[0]["version_lag_max"] == 0.0  # the first batch is generated when the run starts
+    assert max(h["version_lag_max"] for h in history) == 1.0  # ahead by one step, and never more
+    assert all(h["sample_age_over"] == 0.0 for h in history)  # nothing beyond the bound, nothing dropped
+    assert history[-1]["sample_age_1"] > 0 and history[-1]["kept_rollouts"] == 1.0
+    for key in ("trainer_idle", "rollout_idle", "queue_depth", "time_wait", "grpo_loss"):
+        assert key in history[-1], key
+    assert 0.0 <= history[-1]["trainer_idle"] <= 1.0 and 0.0 <= history[-1]["rollout_idle"] <= 1.0
+
+
 def test_adapter_sync_into_unmerged_lora_matches_merged_weights(tiny_dir):
     """A torch engine holding PEFT adapters takes the A/B matrices as they are (no merge) and computes
     what an engine loaded with the merged weights computes; a later merged sync zeroes its adapters."""
