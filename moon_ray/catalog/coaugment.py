@@ -12,7 +12,8 @@ actor builds the embedder (the config's, or `--model`'s export) and has its lang
 greedily, at most `--max-tokens` tokens after a prompt of the visual tokens and the title (the chat
 template and image placeholder of models/reasoning.py, with the REWRITE instruction below) whose answer
 already starts with the title: the model continues it with what it adds. `enriched_title` keeps the
-addition only when it is usable (new words, not too long, no word three times, no instruction echoed);
+addition only when it is usable (a new word beyond the title and the instruction, not too long, no
+repeated word);
 otherwise the product's enriched title is None (attempted at that version, nothing usable). Greedy
 generation runs in transformers (`generate` with `inputs_embeds`) on the actor: the rollout engines,
 vLLM among them, live on a higher floor (moon_ray/floors.py) than the catalog, which may not call them.
@@ -58,7 +59,7 @@ REWRITE = (
 ANSWER = "{title}, "  # the answer starts with the title: the model continues it with what it adds
 JPEG_QUALITY = 90
 MAX_ADDED = 16  # words an enriched title may add to the title
-ECHO = {"describe", "product", "shop", "search", "words"}  # new words that copy the prompt back
+GATE = 2  # the rule of `enriched_title`, part of the version: bump it when the rule changes
 
 
 # ---------------------------------------------------------------------------------------- the prompt
@@ -93,17 +94,22 @@ def enrich_prompt_embeds(model, pixels, titles: list[str]):
 
 def enriched_title(title: str, continuation: str) -> str | None:
     """The title with what the model added after it (its first line, to the first sentence end), or None
-    when the addition is not a usable title: empty, no word the title lacks, more than MAX_ADDED words,
-    a word repeated three times, or words of the instruction echoed back."""
+    when the addition is not usable: no new word (a word of 3+ letters in neither the title nor the
+    instruction: numbers and echoed instruction words do not count), more than MAX_ADDED words, or a
+    repeated word (a number or a word of 4+ letters twice, any word three times)."""
     line = next((ln.strip() for ln in continuation.splitlines() if ln.strip()), "")
     line = re.split(r"(?<=[a-z0-9])[.!?](\s|$)", line)[0].strip(" ,;:-\"'*")
-    added = re.findall(r"[a-z0-9]+(?:[-'][a-z0-9]+)*", line.lower())
-    own = set(re.findall(r"[a-z0-9]+", title.lower()))
-    if not added or len(added) > MAX_ADDED or not set(added) - own:
+    added = re.findall(r"[a-z0-9]+", line.lower())
+    new = {w for w in added if len(w) >= 3 and w.isalpha()} - words(title) - words(REWRITE)
+    if not new or len(added) > MAX_ADDED:
         return None
-    if max(added.count(w) for w in added) >= 3 or ECHO & (set(added) - own):
+    if any(added.count(w) >= (2 if len(w) >= 4 or w.isdigit() else 3) for w in added):
         return None
     return f"{title}, {line}"
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
 
 
 def enrich_titles(model, images: list[bytes], titles: list[str], max_tokens: int,
@@ -137,8 +143,9 @@ def load_model(cfg: Config, model_dir: str | None, device: str = "cpu"):
 
 def model_version(cfg: Config, model_dir: str | None, max_tokens: int, with_image: bool) -> str:
     """`<name>@<16 hex>`: what decides a title (model config and seed, or an export's config and weight
-    files; the prompt; the token budget; image on or off) hashed."""
-    h = hashlib.sha256(json.dumps({"prompt": REWRITE, "max_tokens": max_tokens, "image": with_image}).encode())
+    files; the prompt; the usability rule; the token budget; image on or off) hashed."""
+    what = {"prompt": REWRITE, "answer": ANSWER, "gate": GATE, "max_tokens": max_tokens, "image": with_image}
+    h = hashlib.sha256(json.dumps(what).encode())
     if model_dir:
         path = Path(model_dir)
         files = [path / "config.yaml", path / "trainable.safetensors", *sorted((path / "adapter").glob("*"))]

@@ -106,9 +106,10 @@ def test_perspective_coefficients_map_the_corners():
 @pytest.mark.parametrize("continuation, expected", [
     ("slim fit cotton, casual wear.\nNext line", "Nike Men Navy Shirt, slim fit cotton, casual wear"),
     ("made of soft leather. Great for summer", "Nike Men Navy Shirt, made of soft leather"),
-    ("", None), ("navy shirt", None),  # nothing added
-    ("the ultimate: the ultimate: the ultimate", None),  # repetition
-    ("Describe this product for a shop's search", None),  # the instruction echoed
+    ("", None), ("navy shirt", None), ("Nike Men Navy Shirt", None),  # nothing added
+    ("2022, 2023, 2024", None), ("its material", None), ("Material: Nike Men", None),  # numbers, the prompt
+    ("100% cotton, 100% Nike", None), ("hand-made, hand-painted, hand", None),  # repetition
+    ("soft cotton and linen and silk", "Nike Men Navy Shirt, soft cotton and linen and silk"),  # "and" twice is fine
     (" ".join(f"w{i}" for i in range(20)), None),  # too long
 ])
 def test_enriched_title_gate(continuation, expected):
