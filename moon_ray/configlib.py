@@ -24,11 +24,25 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the offending key."""
 
 
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a help string (mutable defaults become factories)."""
+def opt(default: Any, help: str, aliases: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with a default and a help string (mutable defaults become factories).
+    `aliases`: other names the key may be given by in YAML or overrides (e.g. `async`, a Python keyword,
+    for `asynchronous`)."""
+    meta = {"help": help, "aliases": tuple(aliases)}
     if dataclasses.is_dataclass(default) or isinstance(default, (dict, list)):
-        return field(default_factory=lambda: default, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _resolve_aliases(cls: type, raw: dict[str, Any], prefix: str) -> dict[str, Any]:
+    aliases = {a: f.name for f in dataclasses.fields(cls) for a in f.metadata.get("aliases", ())}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = aliases.get(key, key)
+        if name in out:
+            raise ConfigError(f"config key {prefix + name!r} is given twice (as {prefix + key!r} too)")
+        out[name] = value
+    return out
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -61,6 +75,7 @@ def build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
     """Construct dataclass `cls` from a (partial) mapping, checking keys and types."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    raw = _resolve_aliases(cls, raw, prefix)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(names))

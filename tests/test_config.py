@@ -177,3 +177,10 @@ def test_with_absolute_paths(tmp_path):
     assert got.data.output_dir == str(tmp_path / "out") and got.train.init_from == str(tmp_path / "ck")
     assert got.serve.index_dir is None and got.data.catalog == cfg.data.catalog  # unset and unnamed: kept
     assert cfg.data.output_dir == "out" and Path(got.data.output_dir).is_absolute()
+
+
+def test_a_key_may_be_given_by_its_alias_but_not_twice():
+    """rollout.async (a Python keyword, so not a field name) sets rollout.asynchronous."""
+    assert load_config(None, ["rollout.async=true"]).rollout.asynchronous
+    with pytest.raises(ConfigError, match="given twice"):
+        load_config(None, ["rollout.async=true", "rollout.asynchronous=false"])

@@ -178,7 +178,9 @@ class RolloutConfig:
     asynchronous: bool = opt(
         False, "Asynchronous rollouts: each trainer rank submits the prompts of its next batches early "
         "and trains while the pool generates them (lag up to max_staleness, importance-weighted). "
-        "false: generate, then update, every step (the reference loop). Needs the object_store sync."
+        "false: generate, then update, every step (the reference loop). Needs the object_store sync. "
+        "Also accepted as rollout.async.",
+        aliases=("async",),
     )
     max_inflight: int = opt(
         2, "With rollout.asynchronous: batches a trainer rank keeps submitted ahead of the one it trains "
