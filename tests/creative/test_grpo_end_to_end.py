@@ -1,4 +1,5 @@
-"""Creative4U train -> eval -> serve, tiny: pairs from a real catalog slice (Ray Data), one CoT-SFT step
+"""Creative4U train -> eval -> serve, tiny (CI's one end-to-end run of it): pairs from a real catalog slice
+(Ray Data; labels, splits and rationales checked), one CoT-SFT step
 (Ray Train), two GRPO steps from that SFT selector on a torch-engine rollout pool (weights synced before
 each step), evaluation of zero-shot, SFT and SFT+GRPO side by side, and POST /v1/creative/select through
 Ray Serve with the GRPO selector beside the embeddings."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import torch
 
 from moon_ray.config import load_config
 from tests.conftest import real_overrides
@@ -21,7 +23,9 @@ def test_sft_then_grpo_then_eval_then_serve(tmp_path, shared_data, ray_local):
 
     from moon_ray.catalog.ingest import run_preprocess
     from moon_ray.creative.evaluate import ZERO_SHOT, evaluate
+    from moon_ray.creative.model import CreativeSelector
     from moon_ray.creative.pairs import build_pairs
+    from moon_ray.creative.sft import build_selector
     from moon_ray.creative.trainer import run_train
     from moon_ray.serve.app import build_app
 
@@ -36,8 +40,18 @@ def test_sft_then_grpo_then_eval_then_serve(tmp_path, shared_data, ray_local):
     sft_dir, grpo_dir = tmp_path / "sft", tmp_path / "grpo"
     sft = load_config(None, [*base, f"creative.train.output_dir={sft_dir}", "creative.train.steps=1",
                              "creative.train.batch_size=4"])
-    assert build_pairs(sft)["pairs"] == 16
+    stats = build_pairs(sft)
+    assert stats["pairs"] == 16 and stats["products_shared_between_splits"] == 0
+    train = pq.read_table(tmp_path / "pairs" / "train")
+    assert set(train.column("label").to_pylist()) <= {"A", "B"} and train.num_rows >= 4
+    row = train.slice(0, 1).to_pylist()[0]
+    assert row["image_a"] != row["image_b"] and row["answer"].endswith(f"<answer>{row['label']}</answer>")
+    assert "construction" in json.loads((tmp_path / "pairs" / "stats.json").read_text())["labels"]
+
     assert run_train(sft)["stage"] == "sft"
+    before, after = build_selector(sft).trainable_state(), CreativeSelector.load(sft_dir).trainable_state()
+    assert set(before) == set(after) and any("lora_B" in n for n in after)
+    assert all(not torch.equal(before[n], after[n]) for n in after if "lora_B" in n or "projector" in n)
 
     grpo = load_config(None, [*base, "creative.train.stage=grpo", f"creative.train.init_from={sft_dir}",
                               f"creative.train.output_dir={grpo_dir}", "creative.train.steps=2",
@@ -58,7 +72,13 @@ def test_sft_then_grpo_then_eval_then_serve(tmp_path, shared_data, ray_local):
 
     result = evaluate(grpo, [ZERO_SHOT, str(sft_dir), str(grpo_dir)])
     assert len(result["models"]) == 3 and all(0.0 <= m["accuracy"] <= 1.0 for m in result["models"].values())
-    assert "| " + str(grpo_dir.resolve()) + " |" in (tmp_path / "eval" / "report.md").read_text()
+    for m in result["models"].values():
+        assert 0.0 <= m["swap_consistency"] <= 1.0
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "| " + str(grpo_dir.resolve()) + " |" in report
+    assert "Labels come from construction" in report and "swap consistency" in report
+    assert len(list((tmp_path / "eval" / "examples").glob("*.jpg"))) == 2 * min(1, result["pairs"])
+    assert len((tmp_path / "eval" / "answers.jsonl").read_text().splitlines()) == result["pairs"]
 
     pair = pq.read_table(tmp_path / "pairs" / "test").slice(0, 1).to_pylist()[0]
     port = free_port()
