@@ -38,7 +38,8 @@ def train_dataset(cfg: Config):
         raise FileNotFoundError(f"{products} does not exist: run `moon-ray preprocess data.output_dir={cfg.data.output_dir}` first")
     from ray.data.expressions import col
 
-    ds = ray.data.read_parquet(str(products)).select_columns([*BATCH_COLUMNS, "split"])
+    ds = ray.data.read_parquet(str(products))
+    ds = ds.select_columns([*BATCH_COLUMNS, *coaugment_columns(cfg, ds.schema().names), "split"])
     ds = ds.filter(expr=col("split") == "train").drop_columns(["split"])
     if cfg.train.limit is not None:
         ds = ds.limit(cfg.train.limit)
@@ -47,6 +48,20 @@ def train_dataset(cfg: Config):
     if ds.count() < need:
         raise ValueError(f"the train split has {ds.count()} products, fewer than one global batch ({need})")
     return ds
+
+
+def coaugment_columns(cfg: Config, names: list[str]) -> list[str]:
+    """The stored enriched titles (`moon-ray coaugment`) when `train.coaugment` is on and the shards
+    have them; said on stdout when they are missing (training then uses the visual expansions only)."""
+    from moon_ray.train.task import ENRICHED_COLUMN
+
+    if not cfg.train.coaugment:
+        return []
+    if ENRICHED_COLUMN in names:
+        return [ENRICHED_COLUMN]
+    print(f"train.coaugment: the product shards have no {ENRICHED_COLUMN!r} column (run `moon-ray coaugment`); "
+          "training with the visual expansions only", flush=True)
+    return []
 
 
 # glibc keeps freed blocks under its dynamic mmap threshold in a fragmented heap: a joint step's

@@ -80,3 +80,13 @@ def test_training_step_with_coaugment_runs_and_trains_on_the_new_views_and_title
 def test_bad_coaugment_shares_are_refused(bad):
     with pytest.raises(ConfigError, match=bad.split("=")[0].split(".")[1]):
         load_config(None, [bad])
+
+
+def test_the_train_dataset_reads_enriched_titles_only_when_coaugment_is_on_and_they_are_stored(capsys):
+    from moon_ray.train.driver import coaugment_columns
+
+    stored = ["id", "title", task.ENRICHED_COLUMN, "split"]
+    assert coaugment_columns(load_config(None, ["train.coaugment=true"]), stored) == [task.ENRICHED_COLUMN]
+    assert coaugment_columns(load_config(None, []), stored) == []
+    assert coaugment_columns(load_config(None, ["train.coaugment=true"]), ["id", "title"]) == []
+    assert "moon-ray coaugment" in capsys.readouterr().out
