@@ -44,7 +44,7 @@ from moon_ray.rewards import within_group_std
 from moon_ray.rollout.base import Rollout, SamplingConfig
 from moon_ray.rollout.pool import split_evenly
 from moon_ray.train.joint import sync_phase
-from moon_ray.train.policy import ReferencePolicy, evaluating, pack_traces
+from moon_ray.train.policy import ReferencePolicy, evaluating, pack_traces, sampling_logprobs
 from moon_ray.weight_sync.transport import create_transport
 
 
@@ -111,10 +111,7 @@ class CreativeGRPOModule(nn.Module):
         rewards, metrics = score_answers(answers.groups, answers.labels, self.cfg.creative.format_weight)
         chunks = split_evenly(len(answers.groups), r.grpo_minibatches)
         scored = ScoredAnswers(answers, rewards, group_advantages(rewards), chunks, r.grpo_epochs, metrics=metrics)
-        if len(chunks) * r.grpo_epochs > 1:  # later steps need the sampling policy's log-probs, fixed now
-            with torch.no_grad():
-                for c in range(1, len(chunks)):
-                    scored.old_logp[c] = self._logprobs(batch, answers, chunks[c])[0]
+        scored.old_logp.update(sampling_logprobs(chunks, r.grpo_epochs, lambda c: self._logprobs(batch, answers, c)))
         return (scored,)
 
     @staticmethod

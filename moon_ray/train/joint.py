@@ -53,7 +53,7 @@ from moon_ray.rollout.ahead import LookAhead, age_histogram, rollout_idle
 from moon_ray.rollout.base import Rollout, SamplingConfig
 from moon_ray.rollout.pool import split_evenly
 from moon_ray.train.negatives import NegativeBank
-from moon_ray.train.policy import ReferencePolicy, evaluating, pack_traces, policy_logprobs
+from moon_ray.train.policy import ReferencePolicy, evaluating, pack_traces, policy_logprobs, sampling_logprobs
 from moon_ray.train.sft import SftBatch, rationale_batch, sft_loss
 from moon_ray.train.task import ATTRS, TrainBatch, TrainingModule, attr_hash, text_positives, training_forward
 from moon_ray.weight_sync.transport import WeightTransport, create_transport
@@ -128,10 +128,7 @@ class JointTrainingModule(nn.Module):
         chunks = split_evenly(len(batch.titles), r.grpo_minibatches)
         scored = ScoredRollouts(item, rewards, contrastive, fmt, group_advantages(rewards), chunks, r.grpo_epochs,
                                 metrics=metrics)
-        if len(chunks) * r.grpo_epochs > 1:  # later steps need the sampling policy's log-probs, fixed now
-            with torch.no_grad():
-                for c in range(1, len(chunks)):
-                    scored.old_logp[c] = self._logprobs(batch, item, chunks[c])[0]
+        scored.old_logp.update(sampling_logprobs(chunks, r.grpo_epochs, lambda c: self._logprobs(batch, item, c)))
         return (scored,)
 
     @staticmethod

@@ -144,3 +144,13 @@ class ReferencePolicy:
         mode: no dropout, so the same weights give the same numbers."""
         with evaluating(model), self.swapped(model), model.compute_weights():
             return policy_logprobs(model, pixels, titles, ids, mask, group)
+
+
+def sampling_logprobs(chunks: list[range], epochs: int, logprobs) -> dict[int, torch.Tensor]:
+    """The sampling policy's token log-probs of every GRPO mini-batch after the first, fixed before the
+    first optimizer step (`logprobs(chunk)` -> (logp, ...)); the first chunk's come from its own forward.
+    Empty when the batch gets a single optimizer step."""
+    if len(chunks) * epochs <= 1:
+        return {}
+    with torch.no_grad():
+        return {c: logprobs(chunks[c])[0] for c in range(1, len(chunks))}
