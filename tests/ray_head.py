@@ -77,10 +77,44 @@ def _stop(proc: subprocess.Popen, address: str, token: str) -> None:
     proc.wait(timeout=30)
 
 
+def _start_worker(gcs: int, index: int, cpus: int, custom: dict[str, float], env: dict, base: Path) -> subprocess.Popen:
+    """`ray start --address` of one more node on this machine (its own ports, the head's token)."""
+    metrics, agent, agent_grpc, rtenv, node, objects = free_ports(6)
+    cmd = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs}", "--block", f"--num-cpus={cpus}",
+           # its own: not /tmp/ray, where another local Ray may live, nor the head's, whose runtime-env files
+           # (the job's working_dir) a node sharing them would delete when its own tasks are done with them
+           f"--temp-dir={base / f'ray-{index}'}",
+           f"--resources={json.dumps(custom)}", f"--metrics-export-port={metrics}",
+           f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+           f"--runtime-env-agent-port={rtenv}", f"--node-manager-port={node}", f"--object-manager-port={objects}",
+           f"--object-store-memory={200 * 1024 * 1024}", "--disable-usage-stats"]
+    with open(base / f"worker-{index}.log", "w") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_nodes(address: str, token: str, count: int, timeout: float, base: Path) -> None:
+    request = urllib.request.Request(f"{address}/nodes?view=summary", headers={"Authorization": f"Bearer {token}"})
+    deadline, alive = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                summary = json.load(response)["data"]["summary"]
+            alive = sum(1 for n in summary if n.get("raylet", {}).get("state") == "ALIVE")
+            if alive >= count:
+                return
+        except (urllib.error.URLError, OSError, KeyError, ValueError):
+            pass
+        time.sleep(1)
+    logs = "\n".join(f"{log.name}: {log.read_text()[-2000:]}" for log in sorted(base.glob("worker-*.log")))
+    pytest.fail(f"{alive} of {count} nodes alive after {timeout} s:\n{logs}")
+
+
 @contextlib.contextmanager
-def local_head(path: str) -> Iterator[SimpleNamespace]:
-    """`ray start --head` (this venv's `ray`, by its path) with PATH=`path`; yields address, token,
-    token_path and base (a temp dir removed afterwards)."""
+def local_head(path: str, cpus: int = 2, resources: dict[str, float] | None = None,
+               workers: tuple[tuple[int, dict[str, float]], ...] = ()) -> Iterator[SimpleNamespace]:
+    """`ray start --head` (this venv's `ray`, by its path) with PATH=`path`, `cpus` logical CPUs and the custom
+    `resources`, then one `ray start --address` node per (cpus, resources) in `workers`; yields address,
+    token, token_path and base (a temp dir removed afterwards)."""
     base = Path(tempfile.mkdtemp(prefix="mrjobs-", dir="/tmp"))  # short: Ray's socket paths are limited
     token = secrets.token_hex(32)
     (base / "token").write_text(token)
@@ -88,22 +122,32 @@ def local_head(path: str) -> Iterator[SimpleNamespace]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(PATH=path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(base / "token"))
     env.pop("VIRTUAL_ENV", None)
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", f"--temp-dir={base / 'ray'}",
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={cpus}", f"--temp-dir={base / 'ray'}",
            f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}",
            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rtenv}",
            f"--ray-client-server-port={client}", f"--node-manager-port={node}",
            f"--object-manager-port={objects}",
-           f"--object-store-memory={300 * 1024 * 1024}", "--disable-usage-stats"]
+           f"--object-store-memory={300 * 1024 * 1024}", "--disable-usage-stats",
+           *([f"--resources={json.dumps(resources)}"] if resources else [])]
     log = base / "head.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
+    nodes: list[subprocess.Popen] = []
     try:
         # a loaded machine can take longer: MOON_RAY_TEST_HEAD_TIMEOUT=300
-        _wait_ready(address, token, proc, log, timeout=float(os.environ.get("MOON_RAY_TEST_HEAD_TIMEOUT", 120)))
+        timeout = float(os.environ.get("MOON_RAY_TEST_HEAD_TIMEOUT", 120))
+        _wait_ready(address, token, proc, log, timeout=timeout)
+        nodes = [_start_worker(gcs, i, c, r, env, base) for i, (c, r) in enumerate(workers)]
+        if workers:
+            _wait_nodes(address, token, 1 + len(workers), timeout, base)
         yield SimpleNamespace(address=address, token=token, token_path=base / "token", base=base)
     finally:
         _stop(proc, address, token)
+        for node in nodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+            node.wait(timeout=30)
         shutil.rmtree(base, ignore_errors=True)

@@ -185,6 +185,7 @@ class RolloutPool:
         self.version = 0
         self.restarts = self.requeued_groups = self.generated_groups = 0
         self.events: list[dict] = []
+        self.nodes_ever: list[str] = []  # every node an actor of this pool ran on, in order of first use
         self._lock = threading.RLock()  # membership and weight delivery
         self._counts = threading.Lock()  # the counters generate keeps (status reads them)
         self._successors: dict[str, Future] = {}  # dead actor -> its replacement (made once)
@@ -228,6 +229,7 @@ class RolloutPool:
             joined = [Member(a, info["pid"], info["node"], self.version if self.latest is not None else info["version"])
                       for a, info in started]
             self.members.extend(joined)
+            self.nodes_ever += [n for n in dict.fromkeys(m.node for m in joined) if n not in self.nodes_ever]
         return joined
 
     def _need(self) -> dict[str, float]:
@@ -481,7 +483,8 @@ class RolloutPool:
                 "max_restarts": self.max_restarts, "requeued_groups": self.requeued_groups,
                 "generated_groups": self.generated_groups, "engine": self.engine, "resources": self._need(),
                 "queued_chunks": len(self._queue), "open_tickets": len(self._tickets),
-                "placement_limit": self.placement_limit(), "actors": members, "events": self.events[-20:]}
+                "placement_limit": self.placement_limit(), "actors": members, "events": self.events[-20:],
+                "nodes_ever": list(self.nodes_ever)}
 
     def worker_handles(self) -> list:
         return [m.handle for m in self.members]

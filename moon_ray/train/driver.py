@@ -113,10 +113,12 @@ def run_train(cfg: Config) -> dict:
         datasets={"train": train_dataset(cfg)},
     )
     start = json.loads((resume_from / "moon_state.json").read_text())["step"] if resume_from else 0
+    pool_status = None
     try:
         result = _fit_with_progress(trainer, progress, start, cfg.train.steps)
     finally:
         if pool is not None:
+            pool_status = ray.get(pool.status.remote())
             ray.get(pool.shutdown.remote())
             ray.kill(pool)  # frees its name at once
     final = latest_checkpoint(storage)
@@ -133,9 +135,29 @@ def run_train(cfg: Config) -> dict:
                "index": str(index) if index else None,
                "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
                "history": ray.get(progress.history.remote()), "seconds": round(clock.elapsed(), 1),
-               "trainer_restarts": ray.get(progress.restarts.remote())}
+               "trainer_restarts": ray.get(progress.restarts.remote()),
+               "placement": placement_record(ray.get(progress.placement.remote()), pool_status)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def placement_record(trainers: dict[int, str], pool_status: dict | None) -> dict:
+    """Where this run's roles ran, from its own records: the node of each trainer rank, of each rollout actor
+    alive at the end and of every actor the pool ever started (restarts and `moon-ray rollout scale`
+    included), and every node's custom resources, so a cluster's role split can be checked afterwards."""
+    from moon_ray.infrastructure.resources import ALL
+
+    nodes = {n["NodeID"]: {"head": "node:__internal_head__" in n.get("Resources", {}),
+                           "resources": {k: v for k, v in n.get("Resources", {}).items() if k in ALL}}
+             for n in ray.nodes() if n.get("Alive")}
+    rollout = pool_status or {}
+    record = {"trainers": {str(rank): node for rank, node in sorted(trainers.items())},
+              "rollout_actors": [a["node"] for a in rollout.get("actors", [])],
+              "rollout_nodes_ever": rollout.get("nodes_ever", []), "nodes": nodes}
+    roles = {"trainers": set(record["trainers"].values()), "rollout actors": set(record["rollout_nodes_ever"])}
+    print("placement: " + "; ".join(f"{role} on {', '.join(sorted(n[:8] for n in ids)) or '-'}"
+                                    for role, ids in roles.items()), flush=True)
+    return record
 
 
 def index_beside_export(cfg: Config, export: Path) -> Path | None:
@@ -210,7 +232,7 @@ class ProgressActor:
     """Rank 0 pushes (step, metrics); the driver polls it for the progress bar."""
 
     def __init__(self):
-        self.step, self.metrics, self.rows, self.restored = 0, {}, [], []
+        self.step, self.metrics, self.rows, self.restored, self.nodes = 0, {}, [], [], {}
 
     def update(self, step: int, metrics: dict) -> None:
         self.step, self.metrics = step, metrics
@@ -224,6 +246,13 @@ class ProgressActor:
 
     def restarts(self) -> list[int]:
         return self.restored
+
+    def placed(self, rank: int, node: str) -> None:
+        """A trainer rank started on `node` (again, after a restart: the latest place counts)."""
+        self.nodes[rank] = node
+
+    def placement(self) -> dict[int, str]:
+        return dict(self.nodes)
 
     def latest(self):
         return self.step, self.metrics
