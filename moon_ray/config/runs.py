@@ -202,6 +202,10 @@ class RolloutConfig:
         2, "Mini-batches (of products) per GRPO epoch, one optimizer step each: with more than one "
         "step per rollout batch the ratio to the sampling policy moves and the clip acts."
     )
+    grpo_grad_layers: int = opt(
+        0, "Decoder layers (from the top) the GRPO loss trains: the layers below run without autograd in "
+        "the GRPO pass (less compute and memory; InfoNCE still trains every adapter it reaches). 0: all."
+    )
     embed_trace: str = opt(
         "greedy",
         "The trace a product is embedded with in training (rewards still score all G samples): "
@@ -271,7 +275,7 @@ class RolloutConfig:
         for name in ("grpo_epochs", "grpo_minibatches", "bank_refresh"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"rollout.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("bank_size", "bank_neighbours", "bank_same_category", "sft_steps"):
+        for name in ("bank_size", "bank_neighbours", "bank_same_category", "sft_steps", "grpo_grad_layers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"rollout.{name} must be >= 0, got {getattr(self, name)}")
         if self.kl_coef < 0:

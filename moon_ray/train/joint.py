@@ -241,7 +241,8 @@ class JointTrainingModule(nn.Module):
         flat = [x for i in chunk for x in rollouts.traces[i]]
         ids, mask, roll_lp = pack_traces(flat, m.tokenizer.pad_token_id, m.device)
         pixels = m.pixels([batch.images[i] for i in chunk])
-        logp = policy_logprobs(m, pixels, [batch.titles[i] for i in chunk], ids, mask, g)
+        logp = policy_logprobs(m, pixels, [batch.titles[i] for i in chunk], ids, mask, g,
+                               self.cfg.rollout.grpo_grad_layers)
         return logp, ids, mask, roll_lp, flat
 
     def grpo(self, batch: TrainBatch, scored: ScoredRollouts, c: int) -> tuple[torch.Tensor, dict]:

@@ -44,29 +44,57 @@ def pack_traces(flat: Sequence, pad_id: int, device) -> tuple[torch.Tensor, torc
     return ids, mask, roll_lp
 
 
+@contextlib.contextmanager
+def gradients_in_top_layers(layers: nn.ModuleList, k: int):
+    """Inside the block a forward pass through `layers` builds autograd's graph only for the top `k`:
+    the layers below run with gradients off (nothing saved for the backward pass, which then stops
+    there), so a loss reaches the top k layers' adapters and nothing under them (not the prompt's visual
+    tokens either). k <= 0, k >= len(layers) or gradients already off: every layer as usual."""
+    if k <= 0 or k >= len(layers) or not torch.is_grad_enabled():
+        yield
+        return
+    cut = len(layers) - k
+
+    def grad_mode(on: bool):
+        def hook(module, args) -> None:  # returns None: the layer's inputs stay as they are
+            torch.set_grad_enabled(on)
+        return hook
+
+    handles = [layers[0].register_forward_pre_hook(grad_mode(False)),
+               layers[cut].register_forward_pre_hook(grad_mode(True))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        torch.set_grad_enabled(True)
+
+
 def trace_logprobs(model, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, ids: torch.Tensor,
-                   mask: torch.Tensor) -> torch.Tensor:
+                   mask: torch.Tensor, grad_layers: int = 0) -> torch.Tensor:
     """Log-probs (N, T) of tokens ids (N, T) after the left-padded prompts (N, L, H), full LM (its
-    adapters as they are)."""
+    adapters as they are); with grad_layers > 0 only the top grad_layers decoder layers get gradients
+    (`gradients_in_top_layers`), the values are the same."""
     from moon_ray.models.language import causal_lm, decoder
 
     lm = causal_lm(model.lm)
     embeds = torch.cat([prompt_embeds, decoder(model.lm).embed_tokens(ids)], dim=1)
     full_mask = torch.cat([prompt_mask, mask], dim=1)
     positions = (full_mask.cumsum(1) - 1).clamp(min=0)
-    hidden = decoder(model.lm)(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
-                               use_cache=False).last_hidden_state
+    with gradients_in_top_layers(decoder(model.lm).layers, grad_layers):
+        hidden = decoder(model.lm)(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
+                                   use_cache=False).last_hidden_state
     p = prompt_embeds.shape[1]
     logits = lm.lm_head(hidden[:, p - 1 : p - 1 + ids.shape[1]])
     return token_logprobs(logits, ids)
 
 
 def policy_logprobs(model, pixels: torch.Tensor, titles: Sequence[str], ids: torch.Tensor, mask: torch.Tensor,
-                    group: int) -> torch.Tensor:
+                    group: int, grad_layers: int = 0) -> torch.Tensor:
     """Log-probs (B·group, T) of `group` traces per product under the model's current weights."""
     prompts = build_prompt_embeds(model, pixels, titles)
     return trace_logprobs(model, prompts.embeds.repeat_interleave(group, 0), prompts.mask.repeat_interleave(group, 0),
-                          ids, mask)
+                          ids, mask, grad_layers)
 
 
 @contextlib.contextmanager

@@ -235,3 +235,32 @@ def test_rank0_syncs_when_grpo_starts_after_sft_and_then_every_interval(lm_dir, 
     for step in range(1, 8):
         side.after_step(None, step, joint.PhaseTimer())
     assert synced == [2, 3, 6]  # none during SFT, the SFT weights when GRPO starts, then every 3 steps
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_grpo_grad_layers_trains_only_the_top_layers_with_the_same_logprobs(lm_dir, checkpointing):
+    cfg = cfg_for(lm_dir, f"train.gradient_checkpointing={str(checkpointing).lower()}", "model.lm.lora.dropout=0")
+    model, _, _, _ = build_training(cfg, torch.device("cpu"))
+    model.train()
+    flat = [x for g in synthetic_rollouts(2, 3, len(model.tokenizer)).traces for x in g]
+    ids, mask, _ = pack_traces(flat, model.tokenizer.pad_token_id, model.device)
+    pixels = model.pixels([image_bytes(size=(64, 64), colour=(c, 90, 200)) for c in (10, 200)])
+    titles = ["Brand0 Men Red Shirt", "Brand1 Men Blue Shirt"]
+
+    def grads(k: int) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+        model.zero_grad(set_to_none=True)
+        logp = policy_logprobs(model, pixels, titles, ids, mask, 3, grad_layers=k)
+        (logp * mask).sum().backward()
+        assert torch.is_grad_enabled()  # restored after the pass
+        return logp.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    full, every = grads(0)
+    top, some = grads(1)  # the tiny LM has 4 decoder layers: only layers.3 gets gradients
+    torch.testing.assert_close(top, full)
+    lora = {n: g for n, g in some.items() if "lora_" in n and ".layers." in n}
+    assert lora and all((g is not None) == (".layers.3." in n) for n, g in lora.items())  # below: no graph at all
+    assert all(g is None for n, g in some.items() if "projector" in n)  # the prompt's visual tokens: no GRPO grad
+    assert any(g is not None and g.abs().sum() > 0 for n, g in every.items() if "projector" in n)
+    for n, g in lora.items():
+        if ".layers.3." in n:
+            torch.testing.assert_close(g, every[n])  # the top layer's gradient is the full pass's
