@@ -136,7 +136,9 @@ def run_train(cfg: Config) -> dict:
                "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
                "history": ray.get(progress.history.remote()), "seconds": round(clock.elapsed(), 1),
                "trainer_restarts": ray.get(progress.restarts.remote()),
-               "placement": placement_record(ray.get(progress.placement.remote()), pool_status)}
+               "placement": placement_record(ray.get(progress.placement.remote()), pool_status),
+               "rollout_pool": {k: pool_status[k] for k in ("workers", "version", "restarts", "requeued_groups",
+                                                            "generated_groups", "events")} if pool_status else None}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
