@@ -37,7 +37,6 @@ the job's logs) and kept in `status()["events"]`.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -136,20 +135,6 @@ def split_evenly(n_items: int, n_parts: int) -> list[range]:
     return out
 
 
-def placement_limit(need: dict[str, float], nodes: list[dict]) -> int | None:
-    """How many actors needing `need` (resource -> amount) the alive `nodes` (ray.nodes()) hold in all,
-    counted node by node on their total resources; None when the actor asks for nothing."""
-    need = {k: v for k, v in need.items() if v > 0}
-    if not need:
-        return None
-    total = 0
-    for node in nodes:
-        if node.get("Alive", node.get("alive", True)):
-            have = node.get("Resources", {})
-            total += min(math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in need.items())
-    return total
-
-
 class PoolError(RuntimeError):
     """A pool operation that cannot be done; the pool is left as it was."""
 
@@ -185,7 +170,7 @@ class RolloutPool:
         self.version = 0
         self.restarts = self.requeued_groups = self.generated_groups = 0
         self.events: list[dict] = []
-        self.nodes_ever: list[str] = []  # every node an actor of this pool ran on, in order of first use
+        self.nodes_ever: dict[str, None] = {}  # every node an actor of this pool ran on (ordered set)
         self._lock = threading.RLock()  # membership and weight delivery
         self._counts = threading.Lock()  # the counters generate keeps (status reads them)
         self._successors: dict[str, Future] = {}  # dead actor -> its replacement (made once)
@@ -229,7 +214,7 @@ class RolloutPool:
             joined = [Member(a, info["pid"], info["node"], self.version if self.latest is not None else info["version"])
                       for a, info in started]
             self.members.extend(joined)
-            self.nodes_ever += [n for n in dict.fromkeys(m.node for m in joined) if n not in self.nodes_ever]
+            self.nodes_ever.update(dict.fromkeys(m.node for m in joined))
         return joined
 
     def _need(self) -> dict[str, float]:
@@ -446,7 +431,7 @@ class RolloutPool:
 
     # ------------------------------------------------------------------------------ size
     def placement_limit(self) -> int | None:
-        return placement_limit(self._need(), ray.nodes())
+        return resources.placement_limit(self._need(), ray.nodes())
 
     def scale(self, num_workers: int) -> dict:
         """Grow or shrink to `num_workers`; {"workers", "before", "limit"}; PoolError (nothing changed) for a

@@ -12,9 +12,10 @@ import pytest
 import ray
 import torch
 
+from moon_ray.infrastructure.resources import placement_limit
 from moon_ray.rollout.base import SamplingConfig
 from moon_ray.rollout.control import ControlError, control, create_pool, find_pool, list_pools, pool_name
-from moon_ray.rollout.pool import RolloutPool, placement_limit
+from moon_ray.rollout.pool import RolloutPool
 from moon_ray.weight_sync.object_store import ObjectStoreTransport
 from tests.train.tiny_lm import write_tiny_lm
 
