@@ -235,16 +235,25 @@ class ProgressActor:
 
     def __init__(self):
         self.step, self.metrics, self.rows, self.restored, self.nodes = 0, {}, [], [], {}
+        self.starts = 0
+
+    def started(self, step: int) -> None:
+        """Rank 0 (re)started at `step`. Every start after the first is Ray Train restarting the group:
+        from the latest checkpoint its controller had registered, or from the run's start (step 0, or the
+        driver's resume point) when the failure came before any was registered."""
+        self.starts += 1
+        if self.starts > 1:
+            self.restarted(step)
 
     def update(self, step: int, metrics: dict) -> None:
         self.step, self.metrics = step, metrics
         self.rows.append(metrics)
 
     def restarted(self, step: int) -> None:
-        """Ray Train restarted the worker group from the checkpoint of `step`: later rows are redone."""
+        """Ray Train restarted the worker group at `step`: later rows are redone."""
         self.restored.append(step)
         self.rows = [r for r in self.rows if r.get("step", 0) <= step]
-        print(f"trainer workers restarted from the checkpoint of step {step} (train.max_failures)", flush=True)
+        print(f"trainer workers restarted at step {step} (train.max_failures)", flush=True)
 
     def restarts(self) -> list[int]:
         return self.restored

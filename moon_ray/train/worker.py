@@ -111,8 +111,8 @@ def train_loop_per_worker(config: dict) -> None:
     device = get_device()
     model, temperature, optimizer, scheduler = build_training(cfg, device)
     step = _restore(config.get("resume_from"), model, temperature, optimizer, scheduler)
-    if rank == 0 and config.get("progress") is not None and ray.train.get_checkpoint() is not None:
-        config["progress"].restarted.remote(step)  # Ray Train restarted the group (train.max_failures)
+    if rank == 0 and config.get("progress") is not None:  # a second start is a restart (train.max_failures),
+        config["progress"].started.remote(step)  # from the checkpoint Ray Train had registered, or from scratch
     if config.get("progress") is not None:  # where this rank runs: the run's placement record
         config["progress"].placed.remote(rank, ray.get_runtime_context().get_node_id())
     initialised = step == 0 and bool(cfg.train.init_from)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -43,6 +44,16 @@ def wait_for(condition, timeout: float, what: str):
     pytest.fail(f"{what} did not happen within {timeout} s")
 
 
+def registered_steps(storage) -> list[int]:
+    """Steps of the checkpoints Ray Train's controller has registered (its manager snapshot in storage): only
+    those can be restarted from. A checkpoint directory alone is not enough: the controller registers a
+    reported checkpoint when it next polls the workers."""
+    snapshots = list(storage.rglob("checkpoint_manager_snapshot.json"))
+    if not snapshots:
+        return []
+    return sorted(int(m) for m in re.findall(r"checkpoint-(\d{6})", snapshots[0].read_text()))
+
+
 def test_killed_trainer_worker_restarts_from_the_checkpoint_and_the_run_completes(ray_local, real_slice, tmp_path):
     tiny = write_tiny_lm(tmp_path / "tiny-lm", scale=2.0)
     out = tmp_path / "run"
@@ -50,16 +61,25 @@ def test_killed_trainer_worker_restarts_from_the_checkpoint_and_the_run_complete
     box: dict = {}
     thread = threading.Thread(target=lambda: box.update(summary=run_train(cfg)), daemon=True)
     thread.start()
-    # the first checkpoint is in storage: kill one of the two DDP workers (a real process, from outside Ray)
-    wait_for(lambda: list((out / "ray").rglob("step-000002/moon_state.json")), 600, "checkpoint of step 2")
-    pids = wait_for(train_worker_pids, 60, "alive train workers")
-    assert thread.is_alive(), "the run ended before the kill"
-    os.kill(pids[-1], signal.SIGKILL)
+    # the controller has registered the first checkpoint: stop both DDP workers (nothing moves on while the
+    # test looks), check the run is mid-way, kill one (a real process, from outside Ray), let the other go on
+    wait_for(lambda: registered_steps(out / "ray"), 600, "a registered checkpoint")
+    pids = wait_for(lambda: len(train_worker_pids()) == 2 and train_worker_pids(), 60, "two alive train workers")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        registered = registered_steps(out / "ray")
+        assert registered[-1] < 6, f"the run checkpointed step {registered[-1]} before the test could stop it"
+        os.kill(pids[-1], signal.SIGKILL)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
     thread.join(timeout=900)
     assert not thread.is_alive() and "summary" in box, box
 
     summary = box["summary"]
-    assert summary["trainer_restarts"] in ([2], [4])  # restarted once, from a checkpoint that existed
+    # restarted once, from the latest checkpoint registered when the worker died
+    assert summary["trainer_restarts"] in ([registered[-1]], [registered[-1] + 2]), (registered, summary["trainer_restarts"])
     assert [h["step"] for h in summary["history"]] == [1, 2, 3, 4, 5, 6]
     final = latest_checkpoint(out / "ray")
     assert json.loads((final / "moon_state.json").read_text())["step"] == 6
