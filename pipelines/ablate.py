@@ -1,6 +1,8 @@
-"""Ablations: the full MOON model against each module switched off, at equal steps, seed and data.
+"""Ablations: the full MOON model against each module switched off (and each training switch that is off
+by default switched on), at equal steps, seed and data.
 
     python pipelines/ablate.py --steps 60 [--arms full no_fusion ...] [--reuse] [key.sub=value ...]
+    python pipelines/ablate.py --steps 120 --arms full attr_align --results-json bench/results/switches.json
 
 Every arm trains from the packaged (untrained) heads with the same config, seed and step budget, and
 chooses its checkpoint on the **val** split (`train.eval_every`, `train.select_metric`); the chosen
@@ -37,6 +39,10 @@ ARMS: dict[str, list[str]] = {
     "no_residual": ["model.residual=false"],
     "no_moe": ["model.moe=false"],
     "no_visual_skip": ["model.visual_skip=false"],
+    # issue 20's training switches, off by default until val shows a gain: each switched *on*
+    "attr_align": ["train.attr_weight=0.5", "train.title_image_weight=0.5"],  # image<->attribute, title->image
+    "shop_views": ["train.shop_view_p=0.3"],  # image queries as shops serve them (60x80 ... 180x240)
+    "coaug_views": ["train.coaugment=true"],  # MOON2.0 visual expansions (and stored enriched titles, if any)
 }
 
 

@@ -36,6 +36,13 @@ def test_ablation_arms_differ_only_in_their_switch(tmp_path):
         assert cfg.model == full.model.__class__(**{**full.model.__dict__, switch: False})
         assert (cfg.train.steps, cfg.train.seed, cfg.train.batch_size, cfg.train.eval_every) == (6, 0, 4, 3)
         assert cfg.eval.split == "test" and cfg.train.output_dir == str(tmp_path / arm)
+    on = {"attr_align": {"attr_weight": 0.5, "title_image_weight": 0.5}, "shop_views": {"shop_view_p": 0.3},
+          "coaug_views": {"coaugment": True}}
+    for arm, fields in on.items():  # the switches that are off by default, each switched on alone
+        cfg = ablate.arm_config(arm, args)
+        assert all(getattr(full.train, f) != v for f, v in fields.items())
+        assert cfg.train == full.train.__class__(**{**full.train.__dict__, **fields, "output_dir": cfg.train.output_dir})
+        assert cfg.model == full.model
 
 
 def test_ablation_pipeline_end_to_end(ray_local, real_slice, tmp_path):
