@@ -86,6 +86,7 @@ class Ticket:
     parts: int
     results: dict[int, Any] = field(default_factory=dict)
     error: BaseException | None = None
+    owner: str | None = None  # who submitted it (a trainer rank), so a restarted one can drop what it left
 
     @property
     def done(self) -> bool:

@@ -298,15 +298,16 @@ class RolloutPool:
         return self._replacement(gone)
 
     # ------------------------------------------------------------------------------ asynchronous rollouts
-    def submit(self, prompts: Sequence[torch.Tensor], sampling: SamplingConfig, min_version: int = 0) -> int:
+    def submit(self, prompts: Sequence[torch.Tensor], sampling: SamplingConfig, min_version: int = 0,
+               owner: str | None = None) -> int:
         """Queue a batch (split into one chunk per actor) to be generated with weights of at least
-        `min_version`; its ticket for `collect`, at once."""
+        `min_version`; its ticket for `collect`, at once. `owner` names the submitter for `abandon`."""
         with self._lock:
             if self._closed:
                 raise PoolError("the rollout pool was shut down")
             ticket, self._next_ticket = self._next_ticket, self._next_ticket + 1
             parts = split_evenly(len(prompts), max(1, len(self.members)))
-            self._tickets[ticket] = Ticket(parts=len(parts))
+            self._tickets[ticket] = Ticket(parts=len(parts), owner=owner)
             for i, part in enumerate(parts):
                 self._queue.push(Chunk(ticket, i, ([prompts[j] for j in part], sampling), min_version, len(part)))
             if self._dispatcher is None:
@@ -325,6 +326,20 @@ class RolloutPool:
                 raise PoolError(f"rollout ticket {ticket} not done within {timeout_s} s")
             del self._tickets[ticket]
         return entry.assemble()
+
+    def abandon(self, owner: str) -> dict:
+        """Drop every open ticket of `owner` (a trainer rank that restarted: the batches its dead predecessor
+        submitted ahead will never be collected): queued chunks leave the queue, running ones finish and
+        are discarded. Counted in the pool's events."""
+        with self._wake:
+            tickets = {t for t, entry in self._tickets.items() if entry.owner == owner}
+            dropped = self._queue.cancel(tickets)
+            for t in tickets:
+                del self._tickets[t]
+            self._wake.notify_all()
+        if tickets:
+            self._event("abandon", owner=owner, tickets=len(tickets), queued_chunks=dropped)
+        return {"tickets": len(tickets), "queued_chunks": dropped}
 
     def stats(self) -> dict:
         """Actor busy seconds (finished and running chunks, both paths), uptime, and the queue."""

@@ -406,9 +406,12 @@ class AsyncRolloutSide(RolloutSide):
         self.plan: LookAhead | None = None
 
     def start(self, model, step: int, initialised: bool) -> None:
+        import ray
+
         super().start(model, step, initialised)
         r = self.cfg.rollout
         self.plan = LookAhead(r.max_inflight, r.max_staleness, r.sync_interval, r.sft_steps, step, self.cfg.train.steps)
+        ray.get(self.pool.abandon.remote(self.owner))  # after a restart: what this rank's predecessor left queued
 
     def stream(self, source):
         """Batches pulled ahead come first, then the source; one item per step, in order."""
@@ -437,7 +440,11 @@ class AsyncRolloutSide(RolloutSide):
         import ray
 
         prompts, sampling = prompt_inputs(model, batch, self.cfg, self.seed(j))
-        return ray.get(self.pool.submit.remote(prompts, sampling, self.plan.min_version(j)))
+        return ray.get(self.pool.submit.remote(prompts, sampling, self.plan.min_version(j), self.owner))
+
+    @property
+    def owner(self) -> str:
+        return f"trainer-rank-{self.rank}"
 
     def submit_ahead(self, model, step: int, timer: PhaseTimer) -> None:
         """Submit the batches of the next steps the plan wants out now (pulling them from the stream)."""

@@ -103,3 +103,24 @@ def test_actor_killed_mid_chunk_is_replaced_and_its_chunk_requeued(pool):
     assert [len(g) for g in out] == [8, 8] and all(r.version == version for g in out for r in g)
     assert status["restarts"] == restarts + 1 and status["requeued_groups"] == requeued + 1
     assert status["workers"] == 2 and busy[0]["pid"] not in [a["pid"] for a in status["actors"]]
+
+
+def test_abandon_drops_an_owners_open_tickets_and_nobody_elses(pool):
+    """A restarted trainer rank abandons what its dead predecessor submitted ahead: queued chunks leave the
+    queue, a running one is discarded when it ends; another owner's ticket is made as usual."""
+    version = ray.get(pool.stats.remote())["version"]
+    sampling = SamplingConfig(n=1, max_tokens=2, seed=5)
+    held = [ray.get(pool.submit.remote(prompts(2), sampling, version + 1, "trainer-rank-1")) for _ in range(2)]
+    other = ray.get(pool.submit.remote(prompts(2), sampling, version + 1, "trainer-rank-0"))
+    assert ray.get(pool.stats.remote())["blocked_chunks"] == 6  # waiting for weights nobody has sent yet
+    assert ray.get(pool.abandon.remote("trainer-rank-1")) == {"tickets": 2, "queued_chunks": 4}
+    assert ray.get(pool.abandon.remote("trainer-rank-1")) == {"tickets": 0, "queued_chunks": 0}
+    stats = ray.get(pool.stats.remote())
+    assert (stats["blocked_chunks"], stats["open_tickets"]) == (2, 1)
+    for ticket in held:
+        with pytest.raises(Exception, match="no rollout ticket"):
+            ray.get(pool.collect.remote(ticket, 0.1))
+    sync(pool, version + 1)
+    assert [len(g) for g in ray.get(pool.collect.remote(other))] == [1, 1]
+    events = [e for e in ray.get(pool.status.remote()).get("events", []) if e["event"] == "abandon"]
+    assert events and events[-1]["owner"] == "trainer-rank-1" and events[-1]["tickets"] == 2
