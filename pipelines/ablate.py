@@ -43,6 +43,7 @@ ARMS: dict[str, list[str]] = {
     "attr_align": ["train.attr_weight=0.5", "train.title_image_weight=0.5"],  # image<->attribute, title->image
     "shop_views": ["train.shop_view_p=0.3"],  # image queries as shops serve them (60x80 ... 180x240)
     "coaug_views": ["train.coaugment=true"],  # MOON2.0 visual expansions (and stored enriched titles, if any)
+    "lowercase": ["train.query_lowercase_p=0.5"],  # half the text queries in lowercase, as users type
 }
 
 

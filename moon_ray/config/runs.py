@@ -69,6 +69,12 @@ class TrainConfig:
         "scaled back up) instead of the shopper-photo augmentation. 0: off (default; no gain "
         "measured on val yet).",
     )
+    query_lowercase_p: float = opt(
+        0.0,
+        "Share of text queries written in lowercase (\"navy blue shirts\" beside \"Navy Blue Shirts\"): "
+        "the same training wording (case never makes a wording new, catalog/wording.py same_words), as "
+        "users type it. 0: off.",
+    )
     coaugment: bool = opt(
         False,
         "MOON2.0 co-augmentation: image queries drawn from visual expansions of the product shot "
@@ -119,9 +125,7 @@ class TrainConfig:
         for name in ("attr_weight", "title_image_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0 (0: off), got {getattr(self, name)}")
-        if not 0.0 <= self.shop_view_p <= 1.0:
-            raise ConfigError(f"train.shop_view_p must be between 0 and 1, got {self.shop_view_p}")
-        for name in ("coaugment_view_p", "coaugment_title_p"):
+        for name in ("shop_view_p", "query_lowercase_p", "coaugment_view_p", "coaugment_title_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"train.{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.max_failures < -1:

@@ -14,6 +14,7 @@ Optional terms (all off by default; no gain measured on val yet), drawn from the
   attributes the text names;
 - `train.title_image_weight` (`title_image_loss`): the title as a query (KAGL's text → image) against
   the products' image-only embeddings, and back; positives: products with the same title;
+- `train.query_lowercase_p` (`make_batch`): that share of the text queries in lowercase;
 - `train.coaugment` (MOON2.0 co-augmentation): `train.coaugment_view_p` of the image-query views are a
   visual expansion of the product shot (catalog/expansions.py, made here on the fly: ~10 ms a view, a
   fresh draw every step), and `train.coaugment_title_p` of the products with a stored enriched title
@@ -78,7 +79,10 @@ def attr_hash(value) -> int:
     return int.from_bytes(hashlib.blake2b(str(value).lower().encode(), digest_size=7).digest(), "big")
 
 
-def make_batch(rows: dict[str, np.ndarray], rng: random.Random, image_size: int) -> TrainBatch:
+def make_batch(rows: dict[str, np.ndarray], rng: random.Random, image_size: int,
+               lowercase_p: float = 0.0) -> TrainBatch:
+    """The batch of `rows`; `lowercase_p` (train.query_lowercase_p) of the text queries in lowercase (drawn
+    only when it is above 0, so a run without it draws exactly as before)."""
     n = len(rows["title"])
     texts, used, phrases = [], [], []
     for i in range(n):
@@ -89,7 +93,8 @@ def make_batch(rows: dict[str, np.ndarray], rng: random.Random, image_size: int)
         else:
             names = [a for a in ATTRS if attrs[a] and rng.random() < QUERY_ATTR_PROB[a]]
         order = [a for a in ("brand", "gender", "colour", "article_type") if a in names]
-        texts.append(" ".join(str(attrs[a]) for a in order))
+        text = " ".join(str(attrs[a]) for a in order)
+        texts.append(text.lower() if lowercase_p > 0 and rng.random() < lowercase_p else text)
         used.append([a in names for a in ATTRS])
         phrase_attr = "colour" if attrs["colour"] and rng.random() < 0.6 else "gender"
         phrases.append(" ".join(str(x) for x in (attrs[phrase_attr], attrs["article_type"]) if x))

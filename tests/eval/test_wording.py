@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from moon_ray.catalog import wording as W
+from moon_ray.config import ConfigError, load_config
 
 PRODUCTS = [  # brand, gender, colour, article type
     ("Nike", "Men", "Navy Blue", "Tshirts"),
@@ -86,3 +87,25 @@ def test_wording_pieces():
     assert any("tee" in r.casefold() for r in rendered) and any("gray" in r.casefold() for r in rendered)
     typos = sum(not any(w in r.casefold() for w in ("tshirt", "tee", "t-shirt")) for r in rendered)
     assert typos < 60  # a small typo rate (5 %), not most queries
+
+
+def test_lowercase_queries_are_training_wordings_in_lowercase_and_off_draws_as_before():
+    pytest.importorskip("torch")
+    from moon_ray.train import task
+
+    image = jpeg()
+    rows = {f: np.array([p[i] for p in PRODUCTS], dtype=object) for i, f in enumerate(W.TRAINING_QUERY_FIELDS)}
+    rows.update(title=np.array(["t"] * len(PRODUCTS), dtype=object), image=np.array([image] * len(PRODUCTS), dtype=object))
+    plain = task.make_batch(rows, random.Random(7), image_size=32)
+    assert task.make_batch(rows, random.Random(7), image_size=32, lowercase_p=0.0).text_queries == plain.text_queries
+    lowered = total = 0
+    rng = random.Random(1)
+    for _ in range(100):
+        for product, text in zip(PRODUCTS, task.make_batch(rows, rng, 32, lowercase_p=0.5).text_queries, strict=True):
+            allowed = {W.same_words(t) for t in W.training_wordings(*product)}
+            assert W.same_words(text) in allowed, text
+            lowered += text == text.lower()  # the catalog values are capitalised
+            total += 1
+    assert 0.35 < lowered / total < 0.65, lowered / total
+    with pytest.raises(ConfigError, match="query_lowercase_p"):
+        load_config(None, ["train.query_lowercase_p=1.5"])
