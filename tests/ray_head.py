@@ -145,9 +145,12 @@ def local_head(path: str, cpus: int = 2, resources: dict[str, float] | None = No
             _wait_nodes(address, token, 1 + len(workers), timeout, base)
         yield SimpleNamespace(address=address, token=token, token_path=base / "token", base=base)
     finally:
-        _stop(proc, address, token)
-        for node in nodes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.pid, signal.SIGKILL)
-            node.wait(timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
+        try:
+            _stop(proc, address, token)
+        finally:  # the worker nodes go whatever the head did
+            for node in nodes:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    node.wait(timeout=30)
+            shutil.rmtree(base, ignore_errors=True)

@@ -41,8 +41,8 @@ from moon_ray.creative.model import CreativeSelector
 from moon_ray.losses.grpo import group_advantages, grpo_loss, staleness_weights
 from moon_ray.models.reasoning import PromptBatch
 from moon_ray.rewards import within_group_std
+from moon_ray.rollout.ahead import split_evenly
 from moon_ray.rollout.base import Rollout, SamplingConfig
-from moon_ray.rollout.pool import split_evenly
 from moon_ray.train.joint import sync_phase
 from moon_ray.train.policy import ReferencePolicy, evaluating, pack_traces, sampling_logprobs
 from moon_ray.weight_sync.transport import create_transport

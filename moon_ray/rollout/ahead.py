@@ -29,6 +29,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def split_evenly(n_items: int, n_parts: int) -> list[range]:
+    """Contiguous ranges covering n_items, sizes differing by at most one (empty ranges dropped)."""
+    base, extra = divmod(n_items, n_parts)
+    out, start = [], 0
+    for i in range(n_parts):
+        size = base + (1 if i < extra else 0)
+        if size:
+            out.append(range(start, start + size))
+        start += size
+    return out
+
+
 @dataclass
 class LookAhead:
     """Which upcoming batches a trainer rank submits early, and the oldest weights each may be made with."""

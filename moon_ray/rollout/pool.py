@@ -48,7 +48,7 @@ import torch
 
 from moon_ray.infrastructure import resources
 from moon_ray.infrastructure.timing import Stopwatch, timed
-from moon_ray.rollout.ahead import Chunk, ChunkQueue, Ticket
+from moon_ray.rollout.ahead import Chunk, ChunkQueue, Ticket, split_evenly
 from moon_ray.rollout.base import Rollout, SamplingConfig, create_engine
 from moon_ray.weight_sync.base import merge_adapter
 from moon_ray.weight_sync.object_store import ObjectStoreTransport, Payload
@@ -121,18 +121,6 @@ class RolloutWorker:
         import os
 
         return os.getpid()
-
-
-def split_evenly(n_items: int, n_parts: int) -> list[range]:
-    """Contiguous ranges covering n_items, sizes differing by at most one (empty ranges dropped)."""
-    base, extra = divmod(n_items, n_parts)
-    out, start = [], 0
-    for i in range(n_parts):
-        size = base + (1 if i < extra else 0)
-        if size:
-            out.append(range(start, start + size))
-        start += size
-    return out
 
 
 class PoolError(RuntimeError):
@@ -402,7 +390,8 @@ class RolloutPool:
                 self._fail(chunk.ticket, e)
                 return
             with self._wake:
-                self._queue.requeue(chunk)
+                if chunk.ticket in self._tickets:  # not abandoned meanwhile
+                    self._queue.requeue(chunk)
                 self._wake.notify_all()
             return
         except Exception as e:

@@ -118,9 +118,7 @@ def run_train(cfg: Config) -> dict:
         result = _fit_with_progress(trainer, progress, start, cfg.train.steps)
     finally:
         if pool is not None:
-            pool_status = ray.get(pool.status.remote())
-            ray.get(pool.shutdown.remote())
-            ray.kill(pool)  # frees its name at once
+            pool_status = _close_pool(pool)
     final = latest_checkpoint(storage)
     if final is None:
         raise RuntimeError(f"training finished without a checkpoint under {storage}")
@@ -141,6 +139,20 @@ def run_train(cfg: Config) -> dict:
                                                             "generated_groups", "events")} if pool_status else None}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _close_pool(pool) -> dict | None:
+    """The pool's final status (None when it cannot answer: the error that ended training stays the one
+    raised), then shut down and killed whatever happened, so its name is free at once."""
+    status = None
+    try:
+        status = ray.get(pool.status.remote(), timeout=60)
+        ray.get(pool.shutdown.remote(), timeout=120)
+    except Exception as e:  # a dead or stuck pool: say so, do not hide the run's own outcome
+        print(f"rollout pool: no clean shutdown ({type(e).__name__}: {e})", flush=True)
+    finally:
+        ray.kill(pool)
+    return status
 
 
 def placement_record(trainers: dict[int, str], pool_status: dict | None) -> dict:

@@ -49,9 +49,8 @@ from moon_ray.losses.grpo import group_advantages, grpo_loss, staleness_weights
 from moon_ray.models.reasoning import build_prompt_embeds, generate_reasoning
 from moon_ray.models.temperature import Temperature
 from moon_ray.rewards import broken_reason, contrastive_reward, within_group_std
-from moon_ray.rollout.ahead import LookAhead, age_histogram, rollout_idle
+from moon_ray.rollout.ahead import LookAhead, age_histogram, rollout_idle, split_evenly
 from moon_ray.rollout.base import Rollout, SamplingConfig
-from moon_ray.rollout.pool import split_evenly
 from moon_ray.train.negatives import NegativeBank
 from moon_ray.train.policy import ReferencePolicy, evaluating, pack_traces, policy_logprobs, sampling_logprobs
 from moon_ray.train.sft import SftBatch, rationale_batch, sft_loss
@@ -408,10 +407,10 @@ class AsyncRolloutSide(RolloutSide):
     def start(self, model, step: int, initialised: bool) -> None:
         import ray
 
-        super().start(model, step, initialised)
+        ray.get(self.pool.abandon.remote(self.owner))  # after a restart: what this rank's predecessor left queued
+        super().start(model, step, initialised)  # (before this sync can unblock it)
         r = self.cfg.rollout
         self.plan = LookAhead(r.max_inflight, r.max_staleness, r.sync_interval, r.sft_steps, step, self.cfg.train.steps)
-        ray.get(self.pool.abandon.remote(self.owner))  # after a restart: what this rank's predecessor left queued
 
     def stream(self, source):
         """Batches pulled ahead come first, then the source; one item per step, in order."""

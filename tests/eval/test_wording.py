@@ -96,8 +96,11 @@ def test_lowercase_queries_are_training_wordings_in_lowercase_and_off_draws_as_b
     image = jpeg()
     rows = {f: np.array([p[i] for p in PRODUCTS], dtype=object) for i, f in enumerate(W.TRAINING_QUERY_FIELDS)}
     rows.update(title=np.array(["t"] * len(PRODUCTS), dtype=object), image=np.array([image] * len(PRODUCTS), dtype=object))
-    plain = task.make_batch(rows, random.Random(7), image_size=32)
-    assert task.make_batch(rows, random.Random(7), image_size=32, lowercase_p=0.0).text_queries == plain.text_queries
+    off = task.make_batch(rows, random.Random(7), image_size=32, lowercase_p=0.0)
+    # what make_batch drew for this seed before train.query_lowercase_p existed (commit 79e0d4e)
+    assert off.text_queries == ["Men Navy Blue Tshirts", "Women", "Sunglasses", "Kurtas", "White Shirts",
+                                "Unisex Unisex Unisex Unisex"]
+    assert off.seed == 271879265977543178
     lowered = total = 0
     rng = random.Random(1)
     for _ in range(100):

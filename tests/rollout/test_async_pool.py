@@ -107,7 +107,8 @@ def test_actor_killed_mid_chunk_is_replaced_and_its_chunk_requeued(pool):
 
 def test_abandon_drops_an_owners_open_tickets_and_nobody_elses(pool):
     """A restarted trainer rank abandons what its dead predecessor submitted ahead: queued chunks leave the
-    queue, a running one is discarded when it ends; another owner's ticket is made as usual."""
+    queue, a running one is discarded when it ends; another owner's ticket is made as usual, and so is the
+    owner's next one."""
     version = ray.get(pool.stats.remote())["version"]
     sampling = SamplingConfig(n=1, max_tokens=2, seed=5)
     held = [ray.get(pool.submit.remote(prompts(2), sampling, version + 1, "trainer-rank-1")) for _ in range(2)]
@@ -124,3 +125,19 @@ def test_abandon_drops_an_owners_open_tickets_and_nobody_elses(pool):
     assert [len(g) for g in ray.get(pool.collect.remote(other))] == [1, 1]
     events = [e for e in ray.get(pool.status.remote()).get("events", []) if e["event"] == "abandon"]
     assert events and events[-1]["owner"] == "trainer-rank-1" and events[-1]["tickets"] == 2
+
+    # a chunk running when its ticket is abandoned ends, lands nowhere, and the pool goes on
+    slow = SamplingConfig(n=8, max_tokens=60, seed=6)  # one chunk of 0.6 s
+    running = ray.get(pool.submit.remote(prompts(1), slow, 0, "trainer-rank-1"))
+    deadline = time.monotonic() + 30
+    while ray.get(pool.stats.remote())["running_chunks"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ray.get(pool.abandon.remote("trainer-rank-1")) == {"tickets": 1, "queued_chunks": 0}
+    while ray.get(pool.stats.remote())["running_chunks"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = ray.get(pool.stats.remote())
+    assert (stats["running_chunks"], stats["open_tickets"], stats["queued_chunks"]) == (0, 0, 0)
+    with pytest.raises(Exception, match="no rollout ticket"):
+        ray.get(pool.collect.remote(running, 0.1))
+    again = ray.get(pool.submit.remote(prompts(2), sampling, 0, "trainer-rank-1"))
+    assert [len(g) for g in ray.get(pool.collect.remote(again))] == [1, 1]

@@ -4,6 +4,7 @@ history. (A rollout actor killed mid-generation: tests/rollout/test_pool.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -49,9 +50,11 @@ def registered_steps(storage) -> list[int]:
     those can be restarted from. A checkpoint directory alone is not enough: the controller registers a
     reported checkpoint when it next polls the workers."""
     snapshots = list(storage.rglob("checkpoint_manager_snapshot.json"))
-    if not snapshots:
+    try:
+        text = snapshots[0].read_text() if snapshots else ""
+    except OSError:  # replaced while read
         return []
-    return sorted(int(m) for m in re.findall(r"checkpoint-(\d{6})", snapshots[0].read_text()))
+    return sorted(int(m) for m in re.findall(r"checkpoint-(\d{6})", text))
 
 
 def test_killed_trainer_worker_restarts_from_the_checkpoint_and_the_run_completes(ray_local, real_slice, tmp_path):
@@ -67,13 +70,14 @@ def test_killed_trainer_worker_restarts_from_the_checkpoint_and_the_run_complete
     pids = wait_for(lambda: len(train_worker_pids()) == 2 and train_worker_pids(), 60, "two alive train workers")
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
-    try:
-        registered = registered_steps(out / "ray")
+    try:  # (the controller is not stopped: it may be rewriting its snapshot, read until it parses)
+        registered = wait_for(lambda: registered_steps(out / "ray"), 30, "a readable checkpoint snapshot")
         assert registered[-1] < 6, f"the run checkpointed step {registered[-1]} before the test could stop it"
-        os.kill(pids[-1], signal.SIGKILL)
+        os.kill(pids[-1], signal.SIGKILL)  # (a SIGKILL ends a stopped process too)
     finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+        for pid in pids:  # (the killed one may be gone already)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     thread.join(timeout=900)
     assert not thread.is_alive() and "summary" in box, box
 

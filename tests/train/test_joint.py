@@ -9,8 +9,9 @@ import ray
 import torch
 
 from moon_ray.config import load_config
+from moon_ray.rollout.ahead import split_evenly
 from moon_ray.rollout.base import SamplingConfig
-from moon_ray.rollout.pool import RolloutPool, split_evenly
+from moon_ray.rollout.pool import RolloutPool
 from moon_ray.train.joint import JointTrainingModule, generate_phase, sync_phase
 from moon_ray.train.task import make_batch
 from moon_ray.train.worker import build_training, train_step
