@@ -104,3 +104,24 @@ def test_arms_reuse_a_finished_training_only_of_the_asked_steps(tmp_path, monkey
     assert arms.cached_json(path, True, lambda: {"n": 1}) == {"n": 1}
     assert arms.cached_json(path, True, lambda: {"n": 2}) == {"n": 1}
     assert arms.cached_json(path, False, lambda: {"n": 3}) == {"n": 3} == json.loads(path.read_text())
+
+
+def test_creative_result_collects_a_run_and_a_stopped_checkpoint(tmp_path):
+    pairs, sft, ckpt, ev = (tmp_path / n for n in ("pairs", "sft", "ckpt", "eval"))
+    for d in (pairs, sft, ckpt, ev):
+        d.mkdir()
+    (pairs / "stats.json").write_text(json.dumps({"pairs": 8}))
+    (sft / "summary.json").write_text(json.dumps({"steps": 2, "seconds": 5.0, "init_from": None, "history": [
+        {"step": 1, "loss": 2.0, "time_update": 3.0, "other": 1}, {"step": 2, "loss": 1.0, "time_update": 5.0}]}))
+    (ckpt / "creative_state.json").write_text(json.dumps({"step": 4}))
+    (ckpt / "creative.json").write_text(json.dumps({"init_from": str(sft)}))
+    (ckpt / "history.json").write_text(json.dumps([{"step": 4, "accuracy": 0.5, "grpo_clip_frac": 0.01}]))
+    (ev / "metrics.json").write_text(json.dumps({"split": "test", "pairs": 3, "paired": {}, "models": {
+        "m": {"accuracy": 0.5, "accuracy_ci": [0.4, 0.6], "swap_consistency": 0.3}}}))
+    out = tmp_path / "creative.json"
+    assert load("creative_result").main(["--pairs", str(pairs), "--sft", str(sft), "--grpo", str(ckpt), "--eval", str(ev),
+                                         "--note", "n", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["sft"]["mean_seconds_per_step"] == {"time_update": 4.0} and "other" not in r["sft"]["curve"][0]
+    assert r["grpo"]["stopped_at_checkpoint"] and r["grpo"]["steps"] == 4 and r["grpo"]["init_from"] == str(sft)
+    assert r["evaluations"][0]["eval_dir"] == str(ev) and r["notes"] == ["n"] and r["pairs"] == {"pairs": 8}

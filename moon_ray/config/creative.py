@@ -59,6 +59,15 @@ class CreativeTrainConfig:
                                 "so the position carries no signal.")
     limit: int | None = opt(None, "Train on at most N train pairs (None: all).")
     log_every: int = opt(10, "Report metrics every N steps.")
+    checkpoint_every: int = opt(50, "Save a resumable checkpoint (weights, optimizer, step, history) every N steps "
+                                    "(and at the end).")
+    resume: bool = opt(True, "Resume from the latest checkpoint under output_dir/ray when there is one (a run "
+                             "with more steps continues a finished one).")
+    skip_uniform_groups: bool = opt(
+        True, "Stage grpo: leave out of the update the pairs whose sampled answers all got the same reward (zero "
+              "advantage: only their KL term would act), as DAPO's dynamic sampling does; at least "
+              "rollout.grpo_minibatches pairs stay so every DDP rank runs the same passes. The logged reward and "
+              "accuracy are over every sampled answer.")
     seed: int = opt(0, "Random seed (model's random parts, order, swaps).")
     init_projector_from: str | None = opt(
         None, "Start the projector from an embedder checkpoint or export directory (its trainable.safetensors); "
@@ -75,6 +84,8 @@ class CreativeTrainConfig:
                               "projector may start from an embedder: creative.train.init_projector_from)")
         if self.steps < 1 or self.batch_size < 1 or self.num_workers < 1 or self.log_every < 1:
             raise ConfigError("creative.train.steps, batch_size, num_workers and log_every must be >= 1")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"creative.train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not 0.0 <= self.swap_prob <= 1.0:
             raise ConfigError(f"creative.train.swap_prob must be in [0, 1], got {self.swap_prob}")
         if self.lr <= 0:

@@ -11,7 +11,8 @@ Every pair of creative.eval_split is answered twice, greedily: as stored, and wi
 - well_formed: share of answers in the `<think>…</think><answer>X</answer>` format; chose_A: share of
   well-formed answers that say A (position bias); reward: mean `choice_reward` (stage 2's reward);
 - per kind (quality/<defect>, interest): accuracy over both orders.
-Bootstrap 95 % intervals over pairs for accuracy and swap consistency. Outputs under
+Bootstrap 95 % intervals over pairs for accuracy and swap consistency; `paired`: each model's accuracy
+minus the previous one's, with a paired bootstrap interval. Outputs under
 creative.eval_output_dir: metrics.json, answers.jsonl, report.md and examples/ (the images it shows).
 """
 
@@ -58,12 +59,28 @@ def answer_pairs(sel: CreativeSelector, pairs: pa.Table, cfg: Config, swapped: b
     return out
 
 
+def per_pair_right(labels: list[str], stored: list[str], swapped: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(stored order right, swapped order right) per pair, 0/1."""
+    right1 = np.array([parse_answer(t).choice == y for t, y in zip(stored, labels, strict=True)], dtype=float)
+    right2 = np.array([parse_answer(t).choice == other_position(y) for t, y in zip(swapped, labels, strict=True)], dtype=float)
+    return right1, right2
+
+
+def paired(labels: list[str], answers: dict) -> dict:
+    """Each model against the one before it in the list (zero-shot -> SFT -> SFT+GRPO): the accuracy
+    difference with a paired bootstrap 95 % interval (pairs resampled, both models' answers together)."""
+    names, out = list(answers), {}
+    for a, b in zip(names, names[1:], strict=False):
+        diff = np.mean(per_pair_right(labels, *answers[b]), axis=0) - np.mean(per_pair_right(labels, *answers[a]), axis=0)
+        out[f"{b} vs {a}"] = {"accuracy_diff": float(diff.mean()), "accuracy_diff_ci": bootstrap_ci(diff)}
+    return out
+
+
 def score(labels: list[str], kinds: list[str], stored: list[str], swapped: list[str], format_weight: float) -> dict:
     """Metrics of one model from its answers in both orders (see the module docstring)."""
     c1 = [parse_answer(t).choice for t in stored]
     c2 = [parse_answer(t).choice for t in swapped]
-    right1 = np.array([c == y for c, y in zip(c1, labels, strict=True)], dtype=float)
-    right2 = np.array([c == other_position(y) for c, y in zip(c2, labels, strict=True)], dtype=float)
+    right1, right2 = per_pair_right(labels, stored, swapped)
     both = (right1 + right2) / 2
     same = np.array([x is not None and y is not None and x == other_position(y) for x, y in zip(c1, c2, strict=True)], dtype=float)
     valid = np.array([x is not None and y is not None for x, y in zip(c1, c2, strict=True)])
@@ -108,7 +125,8 @@ def evaluate(cfg: Config, models: list[str]) -> dict:
         results[name] = score(labels, kinds, stored, swapped, c.format_weight) | {"seconds": round(clock.elapsed(), 1)}
         answers[name] = (stored, swapped)
         del sel
-    summary = {"split": c.eval_split, "pairs": pairs.num_rows, "pairs_dir": c.pairs.output_dir, "models": results}
+    summary = {"split": c.eval_split, "pairs": pairs.num_rows, "pairs_dir": c.pairs.output_dir, "models": results,
+               "paired": paired(labels, answers)}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     with open(out / "answers.jsonl", "w") as fh:
         for i, pid in enumerate(pairs.column("pair_id").to_pylist()):
@@ -139,6 +157,10 @@ def report(summary: dict, pairs: pa.Table, kinds: list[str], answers: dict, out:
                      f"({_pct(m['swap_consistency_ci'][0])}–{_pct(m['swap_consistency_ci'][1])}) | "
                      f"{_pct(m['swap_consistency_valid'])} | {_pct(m['well_formed'])} | {_pct(m['chose_A'])} | "
                      f"{m['reward']:.3f} |")
+    for label, d in summary.get("paired", {}).items():
+        lo, hi = d["accuracy_diff_ci"]
+        lines += ["", f"Paired: {label}: accuracy {100 * d['accuracy_diff']:+.1f} points (95 % CI {100 * lo:+.1f} to "
+                      f"{100 * hi:+.1f})."]
     kinds_sorted = sorted(set(kinds))
     lines += ["", "Accuracy per kind of pair (both orders):", "", "| kind | pairs | " + " | ".join(names) + " |",
               "|---|---|" + "---|" * len(names)]

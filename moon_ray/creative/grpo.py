@@ -11,6 +11,10 @@ prepare -> update passes -> metrics merged over passes) and the frozen reference
 
 - gen: `CreativeSelector.prompt_embeds` of the batch's pairs (no grad), unpadded rows -> the pool ->
   rollout.group_size answers per pair (rollout.temperature, rollout.top_p, creative.max_answer_tokens);
+- keep (creative.train.skip_uniform_groups): pairs whose G answers all got the same reward carry zero
+  advantage and leave the update (and the ref pass); at least rollout.grpo_minibatches pairs stay, so DDP
+  ranks run equal passes; reward and accuracy are still logged over every sampled answer (update_groups:
+  the share kept);
 - ref: log-probs of the answers under the SFT adapter the stage started from (a snapshot of the
   selector's trainable weights at step 0, swapped in for one no-grad pass: prompts and answers both
   under it); skipped when rollout.kl_coef=0;
@@ -54,6 +58,8 @@ class AnswerGroups:
     labels: list[str]  # the right choice of each pair as shown (after the view's swap)
     trainer_version: int
     ref_logp: torch.Tensor | None = None  # (B·G, T) under the SFT policy; None: rollout.kl_coef = 0
+    rows: list[int] | None = None  # the batch row of each group (None: group i is row i)
+    sampled: dict | None = None  # score_answers metrics over every sampled group, before any was left out
 
 
 @dataclass
@@ -86,12 +92,33 @@ def score_answers(groups: list[list[Rollout]], labels: list[str], format_weight:
     }
 
 
-def answer_logprobs(selector: CreativeSelector, batch: dict, chunk: range, flat: list[Rollout], group: int):
+def informative_groups(rewards: torch.Tensor, minimum: int) -> list[int]:
+    """Indices of the groups whose rewards differ (nonzero advantage), topped up in order with uniform ones
+    to at least `minimum` (a rank must run as many passes as the others)."""
+    varied = (rewards.max(dim=1).values - rewards.min(dim=1).values) > 1e-6
+    keep = [i for i in range(len(rewards)) if varied[i]]
+    fill = [i for i in range(len(rewards)) if not varied[i]][: max(0, minimum - len(keep))]
+    return sorted(keep + fill)
+
+
+def select_groups(answers: AnswerGroups, format_weight: float, minimum: int) -> AnswerGroups:
+    """The answers of the informative groups only (`informative_groups`), the metrics of all kept aside."""
+    rewards, metrics = score_answers(answers.groups, answers.labels, format_weight)
+    keep = informative_groups(rewards, minimum)
+    metrics["update_groups"] = len(keep) / max(1, len(answers.groups))
+    return AnswerGroups([answers.groups[i] for i in keep], [answers.labels[i] for i in keep], answers.trainer_version,
+                        rows=keep, sampled=metrics)
+
+
+def answer_logprobs(selector: CreativeSelector, batch: dict, chunk: range, flat: list[Rollout], group: int,
+                    rows: list[int] | None = None):
     """Log-probs (n·G, T) of the chunk's sampled answers under the selector's weights as they are
-    (differentiable), with the packed ids, mask and the sampler's own per-token log-probs."""
+    (differentiable), with the packed ids, mask and the sampler's own per-token log-probs. `rows`: the
+    batch row of each group (None: the identity)."""
     ids, mask, roll_lp = pack_traces(flat, selector.tokenizer.pad_token_id, selector.device)
-    prompts = selector.prompt_embeds([batch["image_a"][i] for i in chunk], [batch["image_b"][i] for i in chunk],
-                                     [batch["interest"][i] for i in chunk])
+    at = [rows[i] for i in chunk] if rows is not None else list(chunk)
+    prompts = selector.prompt_embeds([batch["image_a"][i] for i in at], [batch["image_b"][i] for i in at],
+                                     [batch["interest"][i] for i in at])
     embeds, pmask = prompts.embeds.repeat_interleave(group, 0), prompts.mask.repeat_interleave(group, 0)
     logp = selector.sequence_logprobs(PromptBatch(embeds=embeds, mask=pmask), ids, mask)
     return logp, ids, mask, roll_lp
@@ -109,6 +136,8 @@ class CreativeGRPOModule(nn.Module):
     def prepare(self, batch: dict, answers: AnswerGroups) -> tuple[ScoredAnswers]:
         r = self.cfg.rollout
         rewards, metrics = score_answers(answers.groups, answers.labels, self.cfg.creative.format_weight)
+        if answers.sampled is not None:  # some groups were left out of the update: log what was sampled
+            metrics = answers.sampled
         chunks = split_evenly(len(answers.groups), r.grpo_minibatches)
         scored = ScoredAnswers(answers, rewards, group_advantages(rewards), chunks, r.grpo_epochs, metrics=metrics)
         scored.old_logp.update(sampling_logprobs(chunks, r.grpo_epochs, lambda c: self._logprobs(batch, answers, c)))
@@ -120,7 +149,7 @@ class CreativeGRPOModule(nn.Module):
 
     def _logprobs(self, batch: dict, answers: AnswerGroups, chunk: range):
         flat = [x for i in chunk for x in answers.groups[i]]
-        return (*answer_logprobs(self.model, batch, chunk, flat, self.cfg.rollout.group_size), flat)
+        return (*answer_logprobs(self.model, batch, chunk, flat, self.cfg.rollout.group_size, answers.rows), flat)
 
     def forward(self, batch: dict, scored: ScoredAnswers, part: int = 0) -> tuple[dict, dict]:
         r, g, answers = self.cfg.rollout, self.cfg.rollout.group_size, scored.answers
@@ -152,15 +181,19 @@ class GrpoSide:
         self.pool, self.cfg, self.rank = pool, cfg, rank
         r = cfg.rollout
         self.transport = create_transport(r.sync_backend, r.sync_mode) if rank == 0 else None
-        self.reference: ReferencePolicy | None = None
+        self.reference_policy: ReferencePolicy | None = None
 
     def step_module(self, selector: CreativeSelector) -> nn.Module:
         return CreativeGRPOModule(selector, self.cfg)
 
-    def start(self, selector: CreativeSelector) -> None:
+    def reference(self, selector: CreativeSelector) -> None:
+        """Called before a resumed run restores its checkpoint: the KL reference is the SFT adapter the
+        stage started from, not the weights it resumes."""
         if self.cfg.rollout.kl_coef > 0:
-            self.reference = ReferencePolicy.snapshot(selector)  # the SFT adapter this stage starts from
-        if self.transport is not None:  # the actors hold the base LM, not the SFT adapter
+            self.reference_policy = ReferencePolicy.snapshot(selector)
+
+    def start(self, selector: CreativeSelector) -> None:
+        if self.transport is not None:  # the actors hold the base LM, not the SFT adapter (or resumed weights)
             sync_phase(selector, self.pool, 0, self.transport)
 
     def generate(self, selector: CreativeSelector, batch: dict, step: int, timer) -> tuple[AnswerGroups]:
@@ -175,7 +208,9 @@ class GrpoSide:
             sampling = SamplingConfig(n=r.group_size, max_tokens=c.max_answer_tokens, temperature=r.temperature,
                                       top_p=r.top_p, seed=seed)
             answers = AnswerGroups(ray.get(self.pool.generate.remote(rows, sampling)), list(batch["label"]), step)
-        if self.reference is not None:
+        if c.train.skip_uniform_groups:
+            answers = select_groups(answers, c.format_weight, r.grpo_minibatches)
+        if self.reference_policy is not None:
             with timer("ref"):
                 answers.ref_logp = self.reference_logprobs(selector, batch, answers)
         return (answers,)
@@ -184,8 +219,9 @@ class GrpoSide:
     def reference_logprobs(self, selector: CreativeSelector, batch: dict, answers: AnswerGroups) -> torch.Tensor:
         """(B·G, T) log-probs of every answer under the SFT weights (prompts made by them too), eval mode."""
         flat = [x for g in answers.groups for x in g]
-        with evaluating(selector), self.reference.swapped(selector):
-            return answer_logprobs(selector, batch, range(len(answers.groups)), flat, self.cfg.rollout.group_size)[0]
+        with evaluating(selector), self.reference_policy.swapped(selector):
+            return answer_logprobs(selector, batch, range(len(answers.groups)), flat, self.cfg.rollout.group_size,
+                                   answers.rows)[0]
 
     def after_step(self, selector: CreativeSelector, step: int, timer) -> dict:
         if self.transport is None or step % self.cfg.rollout.sync_interval:

@@ -64,6 +64,9 @@ class SftSide:
     def step_module(self, selector: CreativeSelector) -> nn.Module:
         return SFTModule(selector)
 
+    def reference(self, selector: CreativeSelector) -> None:
+        pass
+
     def start(self, selector: CreativeSelector) -> None:
         pass
 

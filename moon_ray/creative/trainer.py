@@ -12,10 +12,14 @@ grpo.py `GrpoSide`: answers from the rollout pool, reference log-probs) -> `trai
 (prepare, the optimizer passes, metrics merged over passes, phase times) -> the side's after-step (grpo:
 weight sync to the pool). Pairs are shown with A and B exchanged with probability creative.train.swap_prob.
 
-Rank 0 reports the mean metrics every creative.train.log_every steps and, at the end, the selector as a
-Ray Train checkpoint that the driver copies to creative.train.output_dir: creative.safetensors,
+Rank 0 reports the mean metrics every creative.train.log_every steps and, every
+creative.train.checkpoint_every steps and at the end, a Ray Train checkpoint: creative.safetensors,
 creative.json (model config, stage, steps, where it started), history.json (one row per report: the
-loss; for grpo the reward curve, accuracy, KL, clip fraction), summary.json. Stage grpo starts the
+loss; for grpo the reward curve, accuracy, KL, clip fraction), the AdamW and LR-scheduler state and
+creative_state.json (the step). A worker restart continues from the latest one (ray.train.get_checkpoint);
+a new run in the same output_dir resumes it (creative.train.resume; a run with more steps continues a
+finished one; stage grpo's KL reference stays the SFT selector). The driver copies the final selector to
+creative.train.output_dir with summary.json. Stage grpo starts the
 rollout pool (the rollout section: engine, actors, GRPO settings) before the trainers and stops it after.
 """
 
@@ -79,9 +83,11 @@ def creative_loop_per_worker(config: dict) -> None:
     module = side.step_module(selector)
     if world > 1:
         module = prepare_model(module, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
+    side.reference(selector)  # stage grpo's KL reference: the SFT selector, also on a resumed run
+    step, history = restore(config.get("resume_from"), selector, optimizer, scheduler)
     side.start(selector)
-    shard, rng, step_cfg = ray.train.get_dataset_shard("train"), random.Random(t.seed * 1000 + rank), step_config(cfg)
-    step, window, history, clock = 0, [], [], Stopwatch()
+    shard, step_cfg = ray.train.get_dataset_shard("train"), step_config(cfg)
+    rng, window, clock = random.Random(t.seed * 1000 + rank + 7919 * step), [], Stopwatch()
     while step < t.steps:
         for rows in shard.iter_batches(batch_size=t.batch_size, batch_format="numpy", drop_last=True,
                                        local_shuffle_buffer_size=4 * t.batch_size, local_shuffle_seed=t.seed + rank + step):
@@ -91,22 +97,69 @@ def creative_loop_per_worker(config: dict) -> None:
             step += 1
             metrics |= side.after_step(selector, step, timer)
             window.append(metrics | timer.metrics())
-            if step % t.log_every == 0 or step == t.steps:
-                row = _mean(window) | {"step": step, "pairs_per_s": len(window) * t.batch_size * world / clock.lap()}
-                history.append(row)
+            save, last = step % t.checkpoint_every == 0, step >= t.steps
+            if step % t.log_every == 0 or save or last:
+                history.append(_mean(window) | {"step": step, "pairs_per_s": len(window) * t.batch_size * world / clock.lap()})
                 window = []
-                if step < t.steps:
-                    ray.train.report(row)
-            if step >= t.steps:
+                _report(history, step, selector, optimizer, scheduler, side.stage, t, rank, save or last)
+            if last:
                 break
+
+
+STATE = "creative_state.json"
+
+
+def _report(history, step, selector, optimizer, scheduler, stage, t, rank, save: bool) -> None:
+    """Report the newest history row; with a checkpoint (rank 0 writes it) when `save`: the selector as
+    stage output (creative.safetensors, creative.json, history.json) plus what a resume needs (the
+    AdamW and LR-scheduler state, creative_state.json with the step)."""
+    import ray.train
+
+    from moon_ray.train.checkpoint import save_state
+
+    if not save:
+        ray.train.report(history[-1])
+        return
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            selector.save(tmp, {"stage": side.stage, "steps": step, "seed": t.seed, "init_from": t.init_from,
+            selector.save(tmp, {"stage": stage, "steps": step, "seed": t.seed, "init_from": t.init_from,
                                 "init_projector_from": t.init_projector_from})
             (Path(tmp) / "history.json").write_text(json.dumps(history, indent=2))
+            save_state(Path(tmp), {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+            (Path(tmp) / STATE).write_text(json.dumps({"step": step}))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(history[-1], checkpoint=checkpoint)
+        ray.train.report(history[-1], checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-{step:06d}")
+
+
+def restore(resume_from: str | None, selector, optimizer, scheduler) -> tuple[int, list[dict]]:
+    """(step, history) to continue from: Ray Train's checkpoint after a worker restart, else `resume_from`
+    (the driver's latest checkpoint of an earlier run), else (0, [])."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            return load_resumable(Path(d), selector, optimizer, scheduler)
+    if resume_from:
+        return load_resumable(Path(resume_from), selector, optimizer, scheduler)
+    return 0, []
+
+
+def load_resumable(path: Path, selector, optimizer, scheduler) -> tuple[int, list[dict]]:
+    from moon_ray.train.checkpoint import load_state
+
+    selector.load_trainable(path)
+    state = load_state(path)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(json.loads((path / STATE).read_text())["step"]), json.loads((path / "history.json").read_text())
+
+
+def latest_resumable(root: Path) -> Path | None:
+    """The checkpoint under `root` (a run's Ray Train storage) with the highest step, or None."""
+    found = [(int(json.loads(p.read_text())["step"]), p.parent) for p in Path(root).rglob(STATE)]
+    return max(found, key=lambda x: x[0])[1] if found else None
 
 
 def _mean(rows: list[dict]) -> dict:
@@ -132,11 +185,44 @@ def grpo_config(cfg: Config) -> Config:
     return dataclasses.replace(cfg, model=model)
 
 
-def run_train(cfg: Config) -> dict:
-    """The stage in creative.train.stage; returns a summary (also creative.train.output_dir/summary.json)."""
-    from ray.train import RunConfig, ScalingConfig
+def _fit(cfg: Config, resume_from: Path | None) -> Path:
+    """Run the Ray Train loop (stage grpo: beside its rollout pool, stopped after); returns the directory of
+    the final checkpoint, which holds the selector, under creative.train.output_dir/ray (kept)."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    t, out, pool = cfg.creative.train, Path(cfg.creative.train.output_dir), None
+    if t.stage == "grpo":
+        from moon_ray.train.driver import start_rollout_pool
+
+        pool = start_rollout_pool(cfg)
+    try:
+        trainer = TorchTrainer(
+            creative_loop_per_worker,
+            train_loop_config={"cfg": to_dict(cfg), "rollout_pool": pool,
+                               "resume_from": str(resume_from) if resume_from else None},
+            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                         resources_per_worker={"CPU": t.cpus_per_worker}),
+            run_config=RunConfig(name="run", storage_path=str(out / "ray"),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+            datasets={"train": train_dataset(cfg)},
+        )
+        result = trainer.fit()
+    finally:
+        if pool is not None:
+            import ray
+
+            ray.get(pool.shutdown.remote())
+            ray.kill(pool)
+    final = latest_resumable(out / "ray")
+    if result.checkpoint is None or final is None:
+        raise RuntimeError(f"creative {t.stage} finished without a checkpoint under {out / 'ray'}")
+    return final
+
+
+def run_train(cfg: Config) -> dict:
+    """The stage in creative.train.stage; returns a summary (also creative.train.output_dir/summary.json).
+    Resumes from the latest checkpoint under creative.train.output_dir/ray (creative.train.resume)."""
     from moon_ray.infrastructure.runtime import init_ray
 
     cfg = with_absolute_paths(cfg, ["creative.pairs.output_dir", "creative.train.output_dir",
@@ -148,34 +234,14 @@ def run_train(cfg: Config) -> dict:
         cfg = grpo_config(cfg)
     init_ray(cfg.ray)
     out = Path(t.output_dir)
-    pool = None
-    if t.stage == "grpo":
-        from moon_ray.train.driver import start_rollout_pool
-
-        pool = start_rollout_pool(cfg)
-    try:
-        trainer = TorchTrainer(
-            creative_loop_per_worker, train_loop_config={"cfg": to_dict(cfg), "rollout_pool": pool},
-            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                         resources_per_worker={"CPU": t.cpus_per_worker}),
-            run_config=RunConfig(name="run", storage_path=str(out / "ray")),
-            datasets={"train": train_dataset(cfg)},
-        )
-        result = trainer.fit()
-    finally:
-        if pool is not None:
-            import ray
-
-            ray.get(pool.shutdown.remote())
-            ray.kill(pool)
-    if result.checkpoint is None:
-        raise RuntimeError(f"creative {t.stage} finished without a checkpoint under {out / 'ray'}")
-    with result.checkpoint.as_directory() as d:
-        for name in (WEIGHTS, META, "history.json"):
-            shutil.copy2(Path(d) / name, out / name)
+    resume_from = latest_resumable(out / "ray") if t.resume else None
+    start = int(json.loads((resume_from / STATE).read_text())["step"]) if resume_from else 0
+    final = resume_from if start >= t.steps else _fit(cfg, resume_from)
+    for name in (WEIGHTS, META, "history.json"):
+        shutil.copy2(final / name, out / name)
     history = json.loads((out / "history.json").read_text())
-    summary = {"stage": t.stage, "steps": t.steps, "output_dir": str(out), "init_from": t.init_from,
-               "history": history, "seconds": round(clock.elapsed(), 1)}
+    summary = {"stage": t.stage, "steps": t.steps, "resumed_from_step": start, "output_dir": str(out),
+               "init_from": t.init_from, "history": history, "seconds": round(clock.elapsed(), 1)}
     if t.stage == "grpo":
         r = cfg.rollout
         summary["reward_curve"] = [{k: h[k] for k in HISTORY_KEYS if k in h} for h in history]

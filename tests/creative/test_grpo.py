@@ -11,7 +11,14 @@ import torch
 
 from moon_ray.config import load_config
 from moon_ray.configlib import ConfigError
-from moon_ray.creative.grpo import AnswerGroups, CreativeGRPOModule, answer_logprobs, score_answers
+from moon_ray.creative.grpo import (
+    AnswerGroups,
+    CreativeGRPOModule,
+    answer_logprobs,
+    informative_groups,
+    score_answers,
+    select_groups,
+)
 from moon_ray.rollout.base import Rollout
 from tests.creative.test_pieces import jpeg, product_shot
 
@@ -110,3 +117,35 @@ def test_stage_grpo_needs_an_sft_selector_on_an_lm_on_disk(tmp_path):
     (tmp_path / "sft" / "creative.json").write_text(json.dumps(meta))
     taken = grpo_config(load_config(None, [*grpo, "model.lm.lora.r=8"]))  # the selector's model wins
     assert taken.model.lm.path == str(tmp_path / "lm") and taken.model.lm.lora.r == 4
+
+
+def test_uniform_groups_leave_the_update_but_not_the_log():
+    assert informative_groups(torch.tensor([[1.1, 1.1], [1.1, 0.1], [0.1, 0.1], [-0.1, 0.1]]), 1) == [1, 3]
+    assert informative_groups(torch.tensor([[1.1, 1.1], [0.1, 0.1], [1.1, 1.1]]), 2) == [0, 1]  # topped up in order
+    groups = [[rollout(RIGHT), rollout(RIGHT)], [rollout(RIGHT), rollout(WRONG)], [rollout(WRONG), rollout(WRONG)]]
+    kept = select_groups(AnswerGroups(groups, ["A", "A", "A"], trainer_version=3), 0.1, 1)
+    assert kept.rows == [1] and kept.groups == [groups[1]] and kept.labels == ["A"] and kept.trainer_version == 3
+    assert kept.sampled["accuracy"] == pytest.approx(3 / 6) and kept.sampled["update_groups"] == pytest.approx(1 / 3)
+
+
+def test_a_kept_group_is_scored_against_its_own_batch_row():
+    from moon_ray.creative.sft import build_selector
+    from moon_ray.creative.trainer import step_config
+    from moon_ray.train.worker import train_step
+
+    cfg = load_config(None, [*TINY, "rollout.group_size=2", "rollout.grpo_minibatches=1", "rollout.kl_coef=0"])
+    selector = build_selector(cfg).train()
+    shots = [jpeg(product_shot(64)), jpeg(product_shot(48)), jpeg(product_shot(32))]
+    batch = {"image_a": shots, "image_b": shots[::-1], "interest": ["casual", "", "formal"], "label": ["A", "A", "A"]}
+    full = answers_for(selector, batch, [[RIGHT, RIGHT], [WRONG, WRONG], [RIGHT, WRONG]])
+    kept = select_groups(full, 0.1, 1)
+    assert kept.rows == [2]
+    with torch.no_grad():
+        alone, _, _, _ = answer_logprobs(selector, batch, range(1), kept.groups[0], 2, kept.rows)
+        direct, _, _, _ = answer_logprobs(selector, batch, range(2, 3), full.groups[2], 2)
+    assert torch.allclose(alone, direct)
+    params = [p for p in selector.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=0.01)
+    metrics = train_step(CreativeGRPOModule(selector, cfg), opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                         batch, step_config(cfg), kept)
+    assert metrics["accuracy"] == pytest.approx(3 / 6) and metrics["update_groups"] == pytest.approx(1 / 3)

@@ -6,6 +6,7 @@ Ray Serve with the GRPO selector beside the embeddings."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import httpx
@@ -69,6 +70,12 @@ def test_sft_then_grpo_then_eval_then_serve(tmp_path, shared_data, ray_local):
     assert [r["step"] for r in summary["reward_curve"]] == [1, 2] and "reward_mean" in summary["reward_curve"][0]
     meta = json.loads((grpo_dir / "creative.json").read_text())
     assert meta["stage"] == "grpo" and meta["init_from"] == str(sft_dir) and meta["steps"] == 2
+    # a longer run in the same output_dir resumes the finished one (weights, optimizer, history)
+    more = run_train(dataclasses.replace(grpo, creative=dataclasses.replace(
+        grpo.creative, train=dataclasses.replace(grpo.creative.train, steps=3))))
+    assert more["resumed_from_step"] == 2 and [h["step"] for h in more["history"]] == [1, 2, 3]
+    assert more["history"][:2] == history and more["history"][2]["synced_version"] == 3.0
+    assert json.loads((grpo_dir / "creative.json").read_text())["steps"] == 3
 
     result = evaluate(grpo, [ZERO_SHOT, str(sft_dir), str(grpo_dir)])
     assert len(result["models"]) == 3 and all(0.0 <= m["accuracy"] <= 1.0 for m in result["models"].values())

@@ -15,7 +15,7 @@ from moon_ray.config.creative import CreativePairsConfig
 from moon_ray.configlib import ConfigError, build
 from moon_ray.creative.answer import choice_reward, parse_answer
 from moon_ray.creative.defects import DEFECTS, apply_defect, foreground, product_box
-from moon_ray.creative.evaluate import score
+from moon_ray.creative.evaluate import paired, score
 from moon_ray.creative.pairs import plan_pairs, render_pair, split_counts
 from moon_ray.creative.rationale import interest_text, render_rationale, target_answer
 from moon_ray.creative.sft import training_view
@@ -137,6 +137,9 @@ def test_score_by_hand():
     assert m["accuracy/quality/blur"] == 1.0 and m["accuracy/interest"] == pytest.approx(0.5)
     assert m["chose_A"] == pytest.approx(3 / 5)
     assert m["reward"] == pytest.approx((1.1 + 0.1 - 0.1 + 1.1 + 1.1 + 1.1) / 6)
+    # paired: a second model right in both orders everywhere: per pair (1, 1, 1) - (1, 0.5, 0.5)
+    d = paired(["A", "B", "A"], {"m1": ([a, a, bad], [b, a, b]), "m2": ([a, b, a], [b, a, b])})["m2 vs m1"]
+    assert d["accuracy_diff"] == pytest.approx(1 / 3) and d["accuracy_diff_ci"][0] >= 0.0
 
 
 def test_config_rejects_bad_values_by_name():
