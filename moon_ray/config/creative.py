@@ -61,6 +61,8 @@ class CreativeTrainConfig:
     log_every: int = opt(10, "Report metrics every N steps.")
     checkpoint_every: int = opt(50, "Save a resumable checkpoint (weights, optimizer, step, history) every N steps "
                                     "(and at the end).")
+    max_failures: int = opt(1, "Worker failures a run survives, each restart continuing from the latest checkpoint "
+                               "(-1: no limit).")
     resume: bool = opt(True, "Resume from the latest checkpoint under output_dir/ray when there is one (a run "
                              "with more steps continues a finished one).")
     skip_uniform_groups: bool = opt(
@@ -84,6 +86,8 @@ class CreativeTrainConfig:
                               "projector may start from an embedder: creative.train.init_projector_from)")
         if self.steps < 1 or self.batch_size < 1 or self.num_workers < 1 or self.log_every < 1:
             raise ConfigError("creative.train.steps, batch_size, num_workers and log_every must be >= 1")
+        if self.max_failures < -1:
+            raise ConfigError(f"creative.train.max_failures must be >= -1 (-1: no limit), got {self.max_failures}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"creative.train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not 0.0 <= self.swap_prob <= 1.0:

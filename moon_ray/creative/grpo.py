@@ -192,9 +192,11 @@ class GrpoSide:
         if self.cfg.rollout.kl_coef > 0:
             self.reference_policy = ReferencePolicy.snapshot(selector)
 
-    def start(self, selector: CreativeSelector) -> None:
+    def start(self, selector: CreativeSelector, step: int = 0) -> None:
+        """Push the selector to the pool as version `step` (the step a resumed run continues from), so the
+        first answers do not count as stale."""
         if self.transport is not None:  # the actors hold the base LM, not the SFT adapter (or resumed weights)
-            sync_phase(selector, self.pool, 0, self.transport)
+            sync_phase(selector, self.pool, step, self.transport)
 
     def generate(self, selector: CreativeSelector, batch: dict, step: int, timer) -> tuple[AnswerGroups]:
         import ray

@@ -67,7 +67,7 @@ class SftSide:
     def reference(self, selector: CreativeSelector) -> None:
         pass
 
-    def start(self, selector: CreativeSelector) -> None:
+    def start(self, selector: CreativeSelector, step: int = 0) -> None:
         pass
 
     def generate(self, selector: CreativeSelector, batch: dict, step: int, timer) -> tuple:

@@ -30,6 +30,7 @@ import json
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,7 @@ def creative_loop_per_worker(config: dict) -> None:
         module = prepare_model(module, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
     side.reference(selector)  # stage grpo's KL reference: the SFT selector, also on a resumed run
     step, history = restore(config.get("resume_from"), selector, optimizer, scheduler)
-    side.start(selector)
+    side.start(selector, step)
     shard, step_cfg = ray.train.get_dataset_shard("train"), step_config(cfg)
     rng, window, clock = random.Random(t.seed * 1000 + rank + 7919 * step), [], Stopwatch()
     while step < t.steps:
@@ -188,7 +189,7 @@ def grpo_config(cfg: Config) -> Config:
 def _fit(cfg: Config, resume_from: Path | None) -> Path:
     """Run the Ray Train loop (stage grpo: beside its rollout pool, stopped after); returns the directory of
     the final checkpoint, which holds the selector, under creative.train.output_dir/ray (kept)."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t, out, pool = cfg.creative.train, Path(cfg.creative.train.output_dir), None
@@ -203,8 +204,10 @@ def _fit(cfg: Config, resume_from: Path | None) -> Path:
                                "resume_from": str(resume_from) if resume_from else None},
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                          resources_per_worker={"CPU": t.cpus_per_worker}),
-            run_config=RunConfig(name="run", storage_path=str(out / "ray"),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+            # resume=false: a run of its own (Ray Train would otherwise reload the old run's checkpoints)
+            run_config=RunConfig(name="run" if t.resume else f"run-{time.strftime('%Y%m%d-%H%M%S')}",
+                                 storage_path=str(out / "ray"), checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 failure_config=FailureConfig(max_failures=t.max_failures)),
             datasets={"train": train_dataset(cfg)},
         )
         result = trainer.fit()
@@ -214,10 +217,9 @@ def _fit(cfg: Config, resume_from: Path | None) -> Path:
 
             ray.get(pool.shutdown.remote())
             ray.kill(pool)
-    final = latest_resumable(out / "ray")
-    if result.checkpoint is None or final is None:
+    if result.checkpoint is None:
         raise RuntimeError(f"creative {t.stage} finished without a checkpoint under {out / 'ray'}")
-    return final
+    return Path(result.checkpoint.path)
 
 
 def run_train(cfg: Config) -> dict:
@@ -240,7 +242,8 @@ def run_train(cfg: Config) -> dict:
     for name in (WEIGHTS, META, "history.json"):
         shutil.copy2(final / name, out / name)
     history = json.loads((out / "history.json").read_text())
-    summary = {"stage": t.stage, "steps": t.steps, "resumed_from_step": start, "output_dir": str(out),
+    steps = int(json.loads((final / STATE).read_text())["step"])  # above t.steps when it resumed a longer run
+    summary = {"stage": t.stage, "steps": steps, "resumed_from_step": start, "output_dir": str(out),
                "init_from": t.init_from, "history": history, "seconds": round(clock.elapsed(), 1)}
     if t.stage == "grpo":
         r = cfg.rollout

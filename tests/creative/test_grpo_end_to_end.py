@@ -75,6 +75,8 @@ def test_sft_then_grpo_then_eval_then_serve(tmp_path, shared_data, ray_local):
         grpo.creative, train=dataclasses.replace(grpo.creative.train, steps=3))))
     assert more["resumed_from_step"] == 2 and [h["step"] for h in more["history"]] == [1, 2, 3]
     assert more["history"][:2] == history and more["history"][2]["synced_version"] == 3.0
+    # the pool got the resumed weights as version 2 before step 3: its answers are not stale
+    assert more["history"][2]["version_lag"] == 0.0 and more["history"][2]["kept_rollouts"] == 1.0
     assert json.loads((grpo_dir / "creative.json").read_text())["steps"] == 3
 
     result = evaluate(grpo, [ZERO_SHOT, str(sft_dir), str(grpo_dir)])
