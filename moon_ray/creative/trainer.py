@@ -159,8 +159,9 @@ def load_resumable(path: Path, selector, optimizer, scheduler) -> tuple[int, lis
 
 def latest_resumable(root: Path) -> Path | None:
     """The checkpoint under `root` (a run's Ray Train storage) with the highest step, or None."""
-    found = [(int(json.loads(p.read_text())["step"]), p.parent) for p in Path(root).rglob(STATE)]
-    return max(found, key=lambda x: x[0])[1] if found else None
+    from moon_ray.train.checkpoint import latest_checkpoint
+
+    return latest_checkpoint(root, STATE)
 
 
 def _mean(rows: list[dict]) -> dict:

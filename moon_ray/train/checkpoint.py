@@ -52,10 +52,11 @@ def load_checkpoint(path: Path, model, temperature, optimizer=None, scheduler=No
     return int(json.loads((path / STATE).read_text())["step"])
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    """The checkpoint directory under `root` with the highest step, or None."""
+def latest_checkpoint(root: Path, state_file: str = STATE) -> Path | None:
+    """The checkpoint directory under `root` with the highest step (read from its `state_file`, a JSON
+    {"step": N}), or None."""
     best, best_step = None, -1
-    for state in Path(root).rglob(STATE):
+    for state in Path(root).rglob(state_file):
         step = int(json.loads(state.read_text())["step"])
         if step > best_step:
             best, best_step = state.parent, step
