@@ -44,6 +44,11 @@ ARMS: dict[str, list[str]] = {
     "shop_views": ["train.shop_view_p=0.3"],  # image queries as shops serve them (60x80 ... 180x240)
     "coaug_views": ["train.coaugment=true"],  # MOON2.0 visual expansions (and stored enriched titles, if any)
     "lowercase": ["train.query_lowercase_p=0.5"],  # half the text queries in lowercase, as users type
+    "paraphrase": ["train.query_paraphrase_p=0.3"],  # text queries in marker wordings ("a photo of a ...")
+    # switches together: the two with a val gain at 120 steps (switches.json), and those plus paraphrases
+    "lower_attr": ["train.query_lowercase_p=0.5", "train.attr_weight=0.5", "train.title_image_weight=0.5"],
+    "lower_attr_para": ["train.query_lowercase_p=0.5", "train.attr_weight=0.5", "train.title_image_weight=0.5",
+                        "train.query_paraphrase_p=0.3"],
 }
 
 

@@ -37,8 +37,12 @@ def test_ablation_arms_differ_only_in_their_switch(tmp_path):
         assert (cfg.train.steps, cfg.train.seed, cfg.train.batch_size, cfg.train.eval_every) == (6, 0, 4, 3)
         assert cfg.eval.split == "test" and cfg.train.output_dir == str(tmp_path / arm)
     on = {"attr_align": {"attr_weight": 0.5, "title_image_weight": 0.5}, "shop_views": {"shop_view_p": 0.3},
-          "coaug_views": {"coaugment": True}, "lowercase": {"query_lowercase_p": 0.5}}
-    for arm, fields in on.items():  # the switches that are off by default, each switched on alone
+          "coaug_views": {"coaugment": True}, "lowercase": {"query_lowercase_p": 0.5},
+          "paraphrase": {"query_paraphrase_p": 0.3},
+          "lower_attr": {"query_lowercase_p": 0.5, "attr_weight": 0.5, "title_image_weight": 0.5},
+          "lower_attr_para": {"query_lowercase_p": 0.5, "attr_weight": 0.5, "title_image_weight": 0.5,
+                              "query_paraphrase_p": 0.3}}
+    for arm, fields in on.items():  # the switches that are off by default, switched on
         cfg = ablate.arm_config(arm, args)
         assert all(getattr(full.train, f) != v for f, v in fields.items())
         assert cfg.train == full.train.__class__(**{**full.train.__dict__, **fields, "output_dir": cfg.train.output_dir})

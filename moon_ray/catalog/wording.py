@@ -115,6 +115,14 @@ def attribute_wording(values: dict[str, str], rng: random.Random) -> str:
     return text.lower() if rng.random() < 0.3 else text
 
 
+def paraphrase_wording(values: dict[str, str], rng: random.Random) -> str:
+    """One marker-template wording of a text query naming these attributes (`train.query_paraphrase_p`):
+    "a photo of a Men Navy Blue Shirts", "a Shirts with the colour Navy Blue". A training wording (it
+    carries a marker), so it never equals a held-out one; the plain template when no marker one exists."""
+    options = attribute_wordings(values)
+    return rng.choice(options[1:]) if len(options) > 1 else options[0]
+
+
 def same_words(text: str) -> str:
     """The comparison key: casefolded words, punctuation and repeated spaces ignored."""
     return " ".join(re.findall(r"[0-9a-z]+", text.casefold()))

@@ -75,6 +75,12 @@ class TrainConfig:
         "the same training wording (case never makes a wording new, catalog/wording.py same_words), as "
         "users type it. 0: off.",
     )
+    query_paraphrase_p: float = opt(
+        0.0,
+        "Share of text queries written in a marker wording of catalog/wording.py (\"a photo of a Men Navy "
+        "Blue Shirts\", \"a Shirts with the colour Navy Blue\": the same attributes and positives, never a "
+        "held-out eval wording). 0: off.",
+    )
     coaugment: bool = opt(
         False,
         "MOON2.0 co-augmentation: image queries drawn from visual expansions of the product shot "
@@ -125,7 +131,7 @@ class TrainConfig:
         for name in ("attr_weight", "title_image_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0 (0: off), got {getattr(self, name)}")
-        for name in ("shop_view_p", "query_lowercase_p", "coaugment_view_p", "coaugment_title_p"):
+        for name in ("shop_view_p", "query_lowercase_p", "query_paraphrase_p", "coaugment_view_p", "coaugment_title_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"train.{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.max_failures < -1:

@@ -15,6 +15,8 @@ Optional terms (all off by default; no gain measured on val yet), drawn from the
 - `train.title_image_weight` (`title_image_loss`): the title as a query (KAGL's text → image) against
   the products' image-only embeddings, and back; positives: products with the same title;
 - `train.query_lowercase_p` (`make_batch`): that share of the text queries in lowercase;
+- `train.query_paraphrase_p` (`make_batch`): that share of the text queries in a marker wording of
+  catalog/wording.py ("a photo of a Men Navy Blue Shirts"; the same attributes, so the same positives);
 - `train.coaugment` (MOON2.0 co-augmentation): `train.coaugment_view_p` of the image-query views are a
   visual expansion of the product shot (catalog/expansions.py, made here on the fly: ~10 ms a view, a
   fresh draw every step), and `train.coaugment_title_p` of the products with a stored enriched title
@@ -33,7 +35,7 @@ import torch
 from torch import nn
 
 from moon_ray.catalog.expansions import random_expansion
-from moon_ray.catalog.wording import attribute_wording
+from moon_ray.catalog.wording import attribute_wording, paraphrase_wording
 from moon_ray.config import Config
 from moon_ray.losses.contrastive import (
     gather_no_grad,
@@ -80,9 +82,10 @@ def attr_hash(value) -> int:
 
 
 def make_batch(rows: dict[str, np.ndarray], rng: random.Random, image_size: int,
-               lowercase_p: float = 0.0) -> TrainBatch:
-    """The batch of `rows`; `lowercase_p` (train.query_lowercase_p) of the text queries in lowercase (drawn
-    only when it is above 0, so a run without it draws exactly as before)."""
+               lowercase_p: float = 0.0, paraphrase_p: float = 0.0) -> TrainBatch:
+    """The batch of `rows`; `paraphrase_p` (train.query_paraphrase_p) of the text queries in a marker
+    wording, `lowercase_p` (train.query_lowercase_p) in lowercase (each drawn only when it is above 0, so a
+    run without them draws exactly as before)."""
     n = len(rows["title"])
     texts, used, phrases = [], [], []
     for i in range(n):
@@ -94,6 +97,8 @@ def make_batch(rows: dict[str, np.ndarray], rng: random.Random, image_size: int,
             names = [a for a in ATTRS if attrs[a] and rng.random() < QUERY_ATTR_PROB[a]]
         order = [a for a in ("brand", "gender", "colour", "article_type") if a in names]
         text = " ".join(str(attrs[a]) for a in order)
+        if paraphrase_p > 0 and order and rng.random() < paraphrase_p:
+            text = paraphrase_wording({a: str(attrs[a]) for a in order}, rng)
         texts.append(text.lower() if lowercase_p > 0 and rng.random() < lowercase_p else text)
         used.append([a in names for a in ATTRS])
         phrase_attr = "colour" if attrs["colour"] and rng.random() < 0.6 else "gender"

@@ -139,3 +139,25 @@ def test_shop_resolution_range_and_views():
 def test_bad_switches_are_refused(bad):
     with pytest.raises(ConfigError, match=bad.split("=")[0].split(".")[1]):
         load_config(None, [bad])
+
+
+def test_paraphrased_queries_name_the_same_attributes_in_a_marker_wording_and_off_draws_as_before():
+    batch_rows = product_rows()
+    off = task.make_batch(batch_rows, random.Random(3), image_size=32)
+    same = task.make_batch(batch_rows, random.Random(3), image_size=32, paraphrase_p=0.0)
+    assert off.text_queries == same.text_queries and off.seed == same.seed
+    rng, marked, total = random.Random(5), 0, 0
+    for _ in range(100):
+        batch = task.make_batch(batch_rows, rng, image_size=32, paraphrase_p=0.5)
+        for i, (text, used) in enumerate(zip(batch.text_queries, batch.query_attrs.tolist(), strict=True)):
+            values = {a: batch.attrs[i][a] for a, u in zip(task.ATTRS, used, strict=True) if u}
+            if not values:  # a product without article type, its attributes left out by chance: no query words
+                assert text == ""
+                continue
+            # the attributes (so the positives) of the plain query, in one of their training wordings
+            assert W.same_words(text) in {W.same_words(w) for w in W.attribute_wordings(values)}, text
+            marked += bool(tokens(text) & W.ATTRIBUTE_MARKERS)
+            total += 1
+    assert 0.35 < marked / total < 0.65, marked / total
+    with pytest.raises(ConfigError, match="query_paraphrase_p"):
+        load_config(None, ["train.query_paraphrase_p=-0.1"])
