@@ -95,13 +95,14 @@ def alignment_step(cfg, model, batch):
 
 
 def test_alignment_losses_absent_when_off_and_change_gradients_when_on():
-    off_cfg = load_config(None, TINY)
+    off_cfg = load_config(None, [*TINY, "train.attr_weight=0", "train.title_image_weight=0"])
     model = MoonEmbedder(off_cfg.model).eval()  # eval: no dropout, so both passes see the same network
     batch = task.make_batch(rows(4), random.Random(0), 224)
     off, _, g_off = alignment_step(off_cfg, model, batch)
     assert not {"attr_loss", "title_image_loss"} & set(off)
     for switch, key in (("train.attr_weight=1.0", "attr_loss"), ("train.title_image_weight=1.0", "title_image_loss")):
-        on, metrics, g_on = alignment_step(load_config(None, [*TINY, switch]), model, batch)
+        on, metrics, g_on = alignment_step(load_config(None, [*TINY, "train.attr_weight=0", "train.title_image_weight=0",
+                                                              switch]), model, batch)
         assert set(on) == set(off) | {key} and torch.isfinite(on[key]) and on[key] > 0
         for k in off:  # the other terms are untouched by the switch
             assert torch.allclose(on[k], off[k], atol=1e-5), k
