@@ -4,7 +4,8 @@
 from a random subset of the attributes, an augmented image view, image + short attribute phrase);
 `training_forward` returns `(losses, metrics)`; the total loss is the sum of the `*_loss` entries.
 
-Optional terms (all off by default; no gain measured on val yet), drawn from the batch's own seed:
+Optional terms (all off by default; bench/results/switches240.json measures lowercase + attr + paraphrase
+together), drawn from the batch's own seed:
 
 - `train.shop_view_p`: that share of the image-query views is a `shop_view` (60×80 up to 180×240,
   reframed, padded onto new backgrounds) instead of the shopper-photo `augment`;

@@ -159,8 +159,8 @@ def batch_stream(shard, cfg: Config, rng: random.Random):
     while True:
         for rows in shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", drop_last=True,
                                        local_shuffle_buffer_size=4 * cfg.train.batch_size):
-            yield rows, make_batch(rows, rng, cfg.model.vision.image_size, cfg.train.query_lowercase_p,
-                                           cfg.train.query_paraphrase_p)
+            yield rows, make_batch(rows, rng, cfg.model.vision.image_size,
+                                   cfg.train.query_lowercase_p, cfg.train.query_paraphrase_p)
 
 
 class Selection:
